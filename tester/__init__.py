@@ -1,0 +1,1 @@
+"""The proxy testing program and the echo target it (and the demo) use."""

@@ -1,0 +1,120 @@
+"""An echo target: every byte a client sends comes back, half-close included.
+
+Used by `make run` (the demo's local backends), by the test suite and by the tester. Each listening address
+gets its own server; `on_connection` lets an in-process user learn which address served a connection.
+
+    python -m tester.echo 127.0.0.1:15001 127.0.0.1:15002
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import socket
+import sys
+from collections.abc import Callable
+
+import uvloop
+
+ConnectionHook = Callable[[str, "EchoProtocol"], None]
+
+
+class EchoProtocol(asyncio.Protocol):
+    """Writes back what it reads; stops reading while the client is not reading (bounded memory)."""
+
+    def __init__(self, address: str, on_connection: ConnectionHook | None) -> None:
+        self.address = address
+        self.received = bytearray()
+        self.keep_bytes = on_connection is not None
+        self._on_connection = on_connection
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self._on_connection is not None:
+            self._on_connection(self.address, self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.keep_bytes and len(self.received) < 4096:
+            self.received += data[: 4096 - len(self.received)]
+        assert self._transport is not None
+        self._transport.write(data)
+
+    def eof_received(self) -> bool:
+        # Half-close: finish sending what is buffered, then shut our side down too.
+        assert self._transport is not None
+        self._transport.write_eof()
+        return True
+
+    def pause_writing(self) -> None:
+        assert self._transport is not None
+        self._transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        assert self._transport is not None
+        self._transport.resume_reading()
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"{text!r} is not host:port")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+async def start_echo(
+    addresses: list[str], on_connection: ConnectionHook | None = None
+) -> list[asyncio.AbstractServer]:
+    """Start one echo server per address on the running loop and return them."""
+    loop = asyncio.get_running_loop()
+    servers = []
+    for address in addresses:
+        host, port = parse_address(address)
+        servers.append(
+            await loop.create_server(
+                lambda a=address: EchoProtocol(a, on_connection),  # type: ignore[misc]
+                host,
+                port,
+                reuse_address=True,
+                backlog=1024,
+            )
+        )
+    return servers
+
+
+async def serve(addresses: list[str]) -> None:
+    servers = await start_echo(addresses)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    print(f"echo: listening on {', '.join(addresses)}", flush=True)
+    await stop.wait()
+    for server in servers:
+        server.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tester.echo", description=__doc__.splitlines()[0])
+    parser.add_argument("addresses", nargs="+", metavar="HOST:PORT")
+    args = parser.parse_args(argv)
+    try:
+        for address in args.addresses:
+            parse_address(address)
+    except ValueError as exc:
+        parser.exit(2, f"echo: {exc}\n")
+    try:
+        uvloop.run(serve(args.addresses))
+    except OSError as exc:
+        print(f"echo: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
