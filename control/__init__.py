@@ -1,0 +1,1 @@
+"""The supervisor process: listening sockets, worker processes, reloads, signals. No data path here."""

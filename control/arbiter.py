@@ -1,0 +1,489 @@
+"""The supervisor: forks and watches the workers, owns the listening sockets, applies reloads.
+
+One class, one wait point: a selector over the signal wakeup socket, the inotify fd and the worker channels.
+Signal handlers only record the signal (Python writes its number to the wakeup socket); the loop logs, forks,
+reaps and reloads.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import selectors
+import signal
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+import setproctitle
+
+from control.handle import WorkerHandle, WorkerState
+from control.sockets import ListenError, SocketTable, enable_request_migration
+from control.watcher import ConfigWatcher
+from proxy.config import load_config
+from proxy.errors import ConfigError
+from proxy.framing import FramingError, encode
+from proxy.logs import log_event
+from proxy.plan import Plan, plan
+from proxy.snapshot import Snapshot, next_snapshot
+from workers.worker import EXIT_CRASHED, WorkerOptions, worker_main
+
+log = logging.getLogger("supervisor")
+
+EXIT_OK = 0
+EXIT_FORCED = 1
+EXIT_WORKERS_CANNOT_BOOT = 2
+EXIT_CANNOT_LISTEN = 3
+
+MAX_BOOT_FAILURES = 5
+BOOT_BACKOFF_FIRST = 0.1
+BOOT_BACKOFF_MAX = 5.0
+RELOAD_QUIET = 0.1  # seconds without file events before a reload
+RELOAD_MAX_DELAY = 1.0  # a steady stream of events still reloads this often
+ACK_TIMEOUT = 10.0
+KILL_MARGIN = 5.0  # after the grace period, workers that still run are killed
+FDS_PER_MESSAGE = 250  # under the kernel's SCM_MAX_FD (253)
+SEND_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    config_path: Path
+    workers: int
+    grace: float
+    bind: str
+    watch: bool = True
+
+
+@dataclass(slots=True)
+class PendingReload:
+    version: int
+    started: float
+    plan: Plan
+
+
+@dataclass(slots=True)
+class ReloadStatus:
+    ok: bool = True
+    at: float = field(default_factory=time.time)
+    error: str | None = None
+    reloads: int = 0
+    failures: int = 0
+
+
+class Supervisor:
+    def __init__(self, options: Options, snapshot: Snapshot) -> None:
+        self.options = options
+        self.snapshot = snapshot
+        self.sockets = SocketTable(options.bind, options.workers)
+        self.handles: dict[int, WorkerHandle] = {}  # slot -> live worker
+        self.by_pid: dict[int, WorkerHandle] = {}
+        self.boot_failures = [0] * options.workers
+        self.respawn_at: dict[int, float] = {}
+        self.selector = selectors.DefaultSelector()
+        self.wake_r, self.wake_w = socket.socketpair()
+        self.watcher: ConfigWatcher | None = None
+        self.reload_due: float | None = None
+        self.reload_first_event: float | None = None
+        self.pending: list[PendingReload] = []
+        self.reload_status = ReloadStatus()
+        self.announced_ready = False
+        self.stopping = False
+        self.kill_at: float | None = None
+        self.exit_code = EXIT_OK
+        self.worker_restarts = 0
+
+    # --- start ---------------------------------------------------------------------------------------
+    def run(self) -> int:
+        try:
+            self.sockets.open_ports(self.snapshot.config.ports)
+        except ListenError as exc:
+            log_event(log, logging.ERROR, "listen_failed", str(exc), error=str(exc))
+            return EXIT_CANNOT_LISTEN
+        problem = enable_request_migration()
+        if problem:
+            log_event(log, logging.WARNING, "migrate_req_off",
+                      f"{problem}; connections queued on a closing listener may be reset", error=problem)
+        self.install_signals()
+        if self.options.watch:
+            try:
+                self.watcher = ConfigWatcher(self.options.config_path)
+                self.selector.register(self.watcher, selectors.EVENT_READ, self.on_config_event)
+            except OSError as exc:
+                log_event(log, logging.WARNING, "watch_failed",
+                          f"cannot watch {self.options.config_path} for changes ({exc}); SIGHUP still reloads")
+        log_event(log, logging.INFO, "start",
+                  f"starting: config v{self.snapshot.version} ({self.snapshot.config.summary()}), "
+                  f"{self.options.workers} workers, listening on {self.options.bind}",
+                  version=self.snapshot.version, workers=self.options.workers)
+        for slot in range(self.options.workers):
+            self.spawn(slot)
+        self.set_title()
+        try:
+            self.loop()
+        finally:
+            self.cleanup()
+        return self.exit_code
+
+    def install_signals(self) -> None:
+        self.wake_w.setblocking(False)
+        self.wake_r.setblocking(False)
+        signal.set_wakeup_fd(self.wake_w.fileno(), warn_on_full_buffer=False)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1):
+            signal.signal(signum, _record_only)
+        self.selector.register(self.wake_r, selectors.EVENT_READ, self.on_signals)
+
+    # --- the one wait point --------------------------------------------------------------------------
+    def loop(self) -> None:
+        while self.handles or not self.stopping or self.respawn_at:
+            if self.stopping and not self.handles:
+                break
+            for key, _ in self.selector.select(self.next_timeout()):
+                callback: Callable[[], None] = key.data
+                callback()
+            self.run_timers()
+
+    def next_timeout(self) -> float | None:
+        deadlines = [t for t in (self.reload_due, self.kill_at) if t is not None]
+        deadlines += self.respawn_at.values()
+        deadlines += [p.started + ACK_TIMEOUT for p in self.pending]
+        if not deadlines:
+            return None
+        return max(0.0, min(deadlines) - time.monotonic())
+
+    def run_timers(self) -> None:
+        now = time.monotonic()
+        for slot, due in list(self.respawn_at.items()):
+            if due <= now and not self.stopping:
+                del self.respawn_at[slot]
+                self.spawn(slot)
+        if self.reload_due is not None and self.reload_due <= now:
+            self.reload_due = self.reload_first_event = None
+            self.reload("file change")
+        for pending in list(self.pending):
+            if pending.started + ACK_TIMEOUT <= now:
+                self.pending.remove(pending)
+                acked = sum(1 for h in self.handles.values() if h.acked_version >= pending.version)
+                log_event(log, logging.WARNING, "reload_slow",
+                          f"config v{pending.version} acknowledged by only {acked}/{len(self.handles)} workers "
+                          f"after {ACK_TIMEOUT:g} s", version=pending.version)
+        if self.kill_at is not None and self.kill_at <= now:
+            self.kill_at = None
+            for handle in self.handles.values():
+                log_event(log, logging.WARNING, "worker_killed",
+                          f"worker {handle.slot} (pid {handle.pid}) still running after the grace period; killing",
+                          worker=handle.slot, pid=handle.pid)
+                _kill(handle.pid)
+
+    # --- signals -------------------------------------------------------------------------------------
+    def on_signals(self) -> None:
+        try:
+            received = self.wake_r.recv(4096)
+        except BlockingIOError:
+            return
+        for signum in received:
+            if signum == signal.SIGCHLD:
+                self.reap()
+            elif signum == signal.SIGHUP:
+                self.reload("SIGHUP")
+            elif signum in (signal.SIGTERM, signal.SIGINT):
+                self.begin_stop(signal.Signals(signum).name)
+            elif signum == signal.SIGUSR1:
+                log_event(log, logging.INFO, "status", self.status_line())
+
+    # --- workers -------------------------------------------------------------------------------------
+    def spawn(self, slot: int) -> None:
+        parent_end, child_end = socket.socketpair()
+        pid = os.fork()
+        if pid == 0:  # the child
+            code = EXIT_CRASHED
+            try:
+                parent_end.close()
+                self.forget_in_child(slot)
+                code = worker_main(slot, child_end, self.sockets.for_slot(slot), self.snapshot,
+                                   WorkerOptions(grace=self.options.grace))
+            except BaseException:
+                log.exception("worker %d failed to start", slot, extra={"event": "worker_crashed", "worker": slot})
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        child_end.close()
+        parent_end.settimeout(SEND_TIMEOUT)
+        handle = WorkerHandle(slot, pid, parent_end, time.monotonic())
+        self.handles[slot] = handle
+        self.by_pid[pid] = handle
+        self.selector.register(parent_end, selectors.EVENT_READ, lambda: self.on_channel(handle))
+        log_event(log, logging.DEBUG, "worker_spawned", f"worker {slot} spawned (pid {pid})", worker=slot, pid=pid)
+
+    def forget_in_child(self, slot: int) -> None:
+        """Drop what the child inherited but must not hold: other slots' sockets, channels, the wait point."""
+        signal.set_wakeup_fd(-1)
+        self.selector.close()
+        self.wake_r.close()
+        self.wake_w.close()
+        if self.watcher is not None:
+            self.watcher.close()
+        for handle in self.handles.values():
+            handle.channel.close()
+        for sockets in self.sockets.by_port.values():
+            for i, sock in enumerate(sockets):
+                if i != slot:
+                    sock.close()
+
+    def on_channel(self, handle: WorkerHandle) -> None:
+        try:
+            data = handle.channel.recv(1 << 20)
+        except (BlockingIOError, TimeoutError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.selector.unregister(handle.channel)  # Exited: SIGCHLD does the rest.
+            return
+        try:
+            messages = handle.decoder.feed(data)
+        except FramingError as exc:
+            log_event(log, logging.ERROR, "channel_error", f"worker {handle.slot}: {exc}; killing it",
+                      worker=handle.slot)
+            _kill(handle.pid)
+            return
+        for message in messages:
+            self.on_message(handle, message)
+
+    def on_message(self, handle: WorkerHandle, message: dict[str, Any]) -> None:
+        kind = message.get("t")
+        if kind == "ready":
+            handle.acked_version = int(message["version"])
+            if handle.state is WorkerState.STARTING:
+                handle.move_to(WorkerState.READY)
+            self.boot_failures[handle.slot] = 0
+            if not self.announced_ready and all(h.state is WorkerState.READY for h in self.handles.values()) \
+                    and len(self.handles) == self.options.workers:
+                self.announced_ready = True
+                config = self.snapshot.config
+                ports = sorted(config.ports)
+                shown = ", ".join(map(str, ports[:12])) + (f" and {len(ports) - 12:,} more" if len(ports) > 12 else "")
+                log_event(log, logging.INFO, "ready",
+                          f"ready: config v{self.snapshot.version} ({config.summary()}) served by "
+                          f"{len(self.handles)} workers on {self.options.bind} ports {shown}",
+                          version=self.snapshot.version, workers=len(self.handles), ports=len(ports))
+            self.check_pending()
+        elif kind == "ack":
+            handle.acked_version = max(handle.acked_version, int(message["version"]))
+            self.check_pending()
+        elif kind == "stats":
+            handle.stats = message.get("stats", {})
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            handle = self.by_pid.pop(pid, None)
+            if handle is None:
+                continue
+            self.worker_exited(handle, status)
+
+    def worker_exited(self, handle: WorkerHandle, status: int) -> None:
+        was_ready = handle.state in (WorkerState.READY, WorkerState.DRAINING)
+        handle.move_to(WorkerState.EXITED)
+        handle.exit_status = status
+        if self.handles.get(handle.slot) is handle:
+            del self.handles[handle.slot]
+        try:
+            self.selector.unregister(handle.channel)
+        except (KeyError, ValueError):
+            pass
+        handle.channel.close()
+        how = _describe_exit(status)
+        if self.stopping:
+            log_event(log, logging.INFO, "worker_exit", f"worker {handle.slot} (pid {handle.pid}) {how}",
+                      worker=handle.slot, pid=handle.pid)
+            return
+        self.worker_restarts += 1
+        if was_ready:
+            log_event(log, logging.WARNING, "worker_exit",
+                      f"worker {handle.slot} (pid {handle.pid}) {how}; respawning", worker=handle.slot, pid=handle.pid)
+            self.spawn(handle.slot)
+            return
+        failures = self.boot_failures[handle.slot] = self.boot_failures[handle.slot] + 1
+        if failures >= MAX_BOOT_FAILURES:
+            message = (f"worker {handle.slot} failed to boot {failures} times in a row (last: {how}); "
+                       "giving up: see the errors above")
+            log_event(log, logging.CRITICAL, "workers_cannot_boot", message, worker=handle.slot)
+            self.exit_code = EXIT_WORKERS_CANNOT_BOOT
+            self.begin_stop("workers cannot boot")
+            return
+        delay = min(BOOT_BACKOFF_FIRST * 2 ** (failures - 1), BOOT_BACKOFF_MAX)
+        log_event(log, logging.WARNING, "worker_boot_failed",
+                  f"worker {handle.slot} (pid {handle.pid}) {how} before it was ready; retrying in {delay:.1f} s",
+                  worker=handle.slot, pid=handle.pid)
+        self.respawn_at[handle.slot] = time.monotonic() + delay
+
+    def send(self, handle: WorkerHandle, message: dict[str, Any], fds: list[int] | None = None) -> bool:
+        frame = encode(message)
+        try:
+            if fds:
+                sent = socket.send_fds(handle.channel, [frame], fds)
+                if sent < len(frame):
+                    handle.channel.sendall(frame[sent:])
+            else:
+                handle.channel.sendall(frame)
+        except OSError as exc:
+            log_event(log, logging.ERROR, "channel_error",
+                      f"cannot send to worker {handle.slot} (pid {handle.pid}): {exc}; killing it", worker=handle.slot)
+            _kill(handle.pid)
+            return False
+        return True
+
+    # --- reload --------------------------------------------------------------------------------------
+    def on_config_event(self) -> None:
+        assert self.watcher is not None
+        if not self.watcher.read():
+            return
+        now = time.monotonic()
+        if self.reload_first_event is None:
+            self.reload_first_event = now
+        self.reload_due = min(now + RELOAD_QUIET, self.reload_first_event + RELOAD_MAX_DELAY)
+
+    def reload(self, trigger: str) -> None:
+        if self.stopping:
+            return
+        current = self.snapshot
+        try:
+            config = load_config(self.options.config_path)
+        except ConfigError as exc:
+            self.reload_failed(trigger, str(exc))
+            return
+        new = next_snapshot(current, config)
+        if new is None:
+            level = logging.INFO if trigger == "SIGHUP" else logging.DEBUG
+            log_event(log, level, "reload_unchanged", f"{trigger}: config unchanged, still v{current.version}",
+                      version=current.version)
+            return
+        change = plan(current.config, config)
+        try:
+            self.sockets.open_ports(change.added_ports)  # Sockets exist in every slot before any worker is told.
+        except ListenError as exc:
+            self.reload_failed(trigger, str(exc))
+            return
+        self.snapshot = new
+        self.pending.append(PendingReload(new.version, time.monotonic(), change))
+        added = sorted(change.added_ports)
+        for handle in list(self.handles.values()):
+            self.send_snapshot(handle, added)
+        # Our copies of removed ports go now; each worker closes its own after draining what is queued.
+        self.sockets.close_ports(change.removed_ports)
+        self.reload_status = ReloadStatus(True, time.time(), None, self.reload_status.reloads + 1,
+                                          self.reload_status.failures)
+        self.set_title()
+        log_event(log, logging.DEBUG, "reload_sent", f"{trigger}: config v{new.version} sent ({change.summary()})",
+                  version=new.version)
+        self.check_pending()
+
+    def send_snapshot(self, handle: WorkerHandle, added: list[int]) -> None:
+        for start in range(0, len(added), FDS_PER_MESSAGE):
+            chunk = added[start:start + FDS_PER_MESSAGE]
+            fds = [sock.fileno() for sock in self.sockets.for_slot(handle.slot, chunk).values()]
+            if not self.send(handle, {"t": "sockets", "ports": chunk}, fds):
+                return
+        self.send(handle, {"t": "snapshot", "snapshot": self.snapshot.to_wire()})
+
+    def reload_failed(self, trigger: str, error: str) -> None:
+        status = self.reload_status
+        self.reload_status = ReloadStatus(False, time.time(), error, status.reloads, status.failures + 1)
+        log_event(log, logging.ERROR, "reload_failed",
+                  f"{trigger}: reload failed, still serving config v{self.snapshot.version}: {error}",
+                  version=self.snapshot.version, error=error)
+
+    def check_pending(self) -> None:
+        for pending in list(self.pending):
+            live = [h for h in self.handles.values() if h.state is not WorkerState.STARTING]
+            if all(h.acked_version >= pending.version for h in live):
+                self.pending.remove(pending)
+                ms = (time.monotonic() - pending.started) * 1000
+                log_event(log, logging.INFO, "reload_applied",
+                          f"config v{pending.version} applied by {len(live)}/{self.options.workers} workers in "
+                          f"{ms:.0f} ms ({pending.plan.summary()})", version=pending.version, ms=round(ms, 1))
+
+    # --- stop ----------------------------------------------------------------------------------------
+    def begin_stop(self, reason: str) -> None:
+        if self.stopping:
+            log_event(log, logging.WARNING, "forced_stop", f"{reason} again: killing workers now")
+            for handle in self.handles.values():
+                _kill(handle.pid)
+            self.exit_code = self.exit_code or EXIT_FORCED
+            return
+        self.stopping = True
+        self.respawn_at.clear()
+        active = sum(_active(h) for h in self.handles.values())
+        log_event(log, logging.INFO, "stopping",
+                  f"{reason}: stopping; draining connections for up to {self.options.grace:g} s"
+                  + (f" ({active} active at last count)" if active else ""))
+        for handle in list(self.handles.values()):
+            if handle.state is not WorkerState.EXITED:
+                handle.move_to(WorkerState.DRAINING)
+                self.send(handle, {"t": "drain"})
+        # Our copies go now; each worker closes its own once it has taken over what the kernel queued.
+        self.sockets.close_all()
+        self.kill_at = time.monotonic() + self.options.grace + KILL_MARGIN
+
+    def cleanup(self) -> None:
+        self.sockets.close_all()
+        if self.watcher is not None:
+            self.watcher.close()
+        signal.set_wakeup_fd(-1)
+        log_event(log, logging.INFO, "stopped", f"stopped (exit code {self.exit_code})")
+
+    # --- observing -----------------------------------------------------------------------------------
+    def set_title(self) -> None:
+        setproctitle.setproctitle(
+            f"skiff: supervisor (config v{self.snapshot.version}, {self.options.workers} workers)")
+
+    def status_line(self) -> str:
+        parts = [f"config v{self.snapshot.version}",
+                 "last reload " + ("ok" if self.reload_status.ok else f"FAILED: {self.reload_status.error}")]
+        for slot in range(self.options.workers):
+            handle = self.handles.get(slot)
+            if handle is None:
+                parts.append(f"worker {slot} down")
+                continue
+            try:
+                process = psutil.Process(handle.pid)
+                rss = process.memory_info().rss / 2**20
+                times = process.cpu_times()
+                usage = f"rss {rss:.1f} MiB cpu {times.user + times.system:.2f} s"
+            except psutil.Error:
+                usage = "gone"
+            parts.append(f"worker {slot} pid {handle.pid} {handle.state.value} v{handle.acked_version} {usage}")
+        return "status: " + "; ".join(parts)
+
+
+def _record_only(signum: int, frame: object) -> None:
+    """The wakeup socket carries the signal number to the loop; nothing else happens in the handler."""
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _active(handle: WorkerHandle) -> int:
+    apps = handle.stats.get("apps", {})
+    return sum(a.get("active", 0) for a in apps.values()) if isinstance(apps, dict) else 0
+
+
+def _describe_exit(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"was killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exited with code {os.waitstatus_to_exitcode(status)}"
+

@@ -1,0 +1,94 @@
+"""Listening sockets, owned by the supervisor: for every port, one SO_REUSEPORT socket per worker slot.
+
+The supervisor keeps its copy of every socket, so a socket outlives its worker: what the kernel queued for a
+worker that died is accepted by its replacement instead of being reset.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterable
+from pathlib import Path
+
+from workers.listeners import BACKLOG
+
+MIGRATE_SYSCTL = Path("/proc/sys/net/ipv4/tcp_migrate_req")
+
+
+class ListenError(Exception):
+    """A port could not be opened: one line naming the port and the reason."""
+
+
+def open_listener(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.listen(BACKLOG)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise ListenError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
+class SocketTable:
+    """port -> one listening socket per slot."""
+
+    def __init__(self, host: str, slots: int) -> None:
+        self.host = host
+        self.slots = slots
+        self.by_port: dict[int, list[socket.socket]] = {}
+
+    def open_ports(self, ports: Iterable[int]) -> list[int]:
+        """Open every port in every slot, or none of them (ListenError). Returns the ports opened."""
+        opened: list[int] = []
+        try:
+            for port in sorted(ports):
+                if port in self.by_port:
+                    continue
+                sockets: list[socket.socket] = []
+                try:
+                    for _ in range(self.slots):
+                        sockets.append(open_listener(self.host, port))
+                except ListenError:
+                    for sock in sockets:
+                        sock.close()
+                    raise
+                self.by_port[port] = sockets
+                opened.append(port)
+        except ListenError:
+            self.close_ports(opened)
+            raise
+        return opened
+
+    def close_ports(self, ports: Iterable[int]) -> None:
+        for port in ports:
+            for sock in self.by_port.pop(port, []):
+                sock.close()
+
+    def close_all(self) -> None:
+        self.close_ports(list(self.by_port))
+
+    def for_slot(self, slot: int, ports: Iterable[int] | None = None) -> dict[int, socket.socket]:
+        chosen = self.by_port if ports is None else {p: self.by_port[p] for p in ports}
+        return {port: sockets[slot] for port, sockets in chosen.items()}
+
+    def descriptors(self) -> set[int]:
+        return {sock.fileno() for sockets in self.by_port.values() for sock in sockets}
+
+
+def enable_request_migration() -> str | None:
+    """Ask the kernel to move requests queued on a closing listener to its reuseport siblings.
+
+    Returns None when it is on, else why not (for one log line).
+    """
+    try:
+        if MIGRATE_SYSCTL.read_text().strip() == "1":
+            return None
+        MIGRATE_SYSCTL.write_text("1\n")
+        return None
+    except OSError as exc:
+        return f"cannot set net.ipv4.tcp_migrate_req=1: {exc.strerror or exc}"

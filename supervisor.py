@@ -1,0 +1,87 @@
+"""skiff's entry point: parse the command line, validate the config, run the supervisor.
+
+    python supervisor.py [-c CONFIG] [-w N] [--check] [--grace SECONDS] [--log-format text|json]
+                         [--log-level LEVEL] [--bind ADDRESS]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import sys
+from pathlib import Path
+
+from control.arbiter import Options, Supervisor
+from proxy.config import load_config
+from proxy.errors import ConfigError
+from proxy.logs import setup_logging
+from proxy.snapshot import first_snapshot
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= value <= 1024:
+        raise argparse.ArgumentTypeError(f"{value} is outside 1-1024")
+    return value
+
+
+def seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 <= value <= 86400:
+        raise argparse.ArgumentTypeError(f"{value:g} is outside 0-86400 seconds")
+    return value
+
+
+def address(text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IP address") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="supervisor.py", description="skiff: a hot-reloading L4 TCP proxy")
+    parser.add_argument("-c", "--config", type=Path, default=Path("config.json"), help="config file (./config.json)")
+    parser.add_argument("-w", "--workers", type=positive_int, default=os.cpu_count() or 1,
+                        help="worker processes (default: number of CPUs)")
+    parser.add_argument("--check", action="store_true", help="validate the config, print a summary and exit")
+    parser.add_argument("--grace", type=seconds, default=30.0,
+                        help="on SIGTERM/SIGINT, how long open connections may finish (default 30)")
+    parser.add_argument("--bind", type=address, default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    parser.add_argument("--log-format", choices=("text", "json"), default="text")
+    parser.add_argument("--log-level", choices=LOG_LEVELS, default="info", type=str.lower)
+    parser.add_argument("--no-watch", dest="watch", action="store_false",
+                        help="do not watch the config file; reload on SIGHUP only")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    log = setup_logging(args.log_format, args.log_level, "supervisor")
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        if args.check:
+            print(f"{args.config}: invalid: {exc}", file=sys.stderr)
+        else:
+            log.error("%s: invalid config: %s", args.config, exc, extra={"event": "config_invalid", "error": str(exc)})
+        return 1
+    if args.check:
+        print(f"{args.config}: ok: {config.summary()}")
+        return 0
+    options = Options(config_path=args.config, workers=args.workers, grace=args.grace, bind=args.bind,
+                      watch=args.watch)
+    return Supervisor(options, first_snapshot(config)).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The worker process: listeners, routing table, connect with failover, relay."""

@@ -1,0 +1,97 @@
+"""Connect with failover: try the app's targets, each at most once, within a per-attempt timeout.
+
+A failed attempt (refused, unreachable, timeout, DNS failure) marks the target down with backoff and moves on;
+the client only sees a failure when every target of its app has failed for this connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import random
+import time
+from typing import TYPE_CHECKING
+
+from proxy.balancer import TargetState, choose, mark_failed, mark_ok
+from proxy.logs import log_event
+from workers.relay import UpstreamSide
+from workers.resolver import ResolveError, Resolver
+from workers.routes import literal_address
+
+if TYPE_CHECKING:
+    from workers.relay import ClientSide
+
+log = logging.getLogger("worker")
+
+
+def failure_reason(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, ResolveError):
+        return "dns"
+    if isinstance(exc, ConnectionRefusedError):
+        return "refused"
+    if isinstance(exc, OSError) and exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+        return "unreachable"
+    return "error"
+
+
+class Connector:
+    def __init__(self, slot: int, resolver: Resolver, rng: random.Random) -> None:
+        self.slot = slot
+        self.resolver = resolver
+        self.rng = rng
+        self.loop = asyncio.get_running_loop()
+
+    async def connect(self, relay: ClientSide) -> None:
+        route = relay.route
+        assert route is not None
+        stats = route.stats
+        timeout = route.app.connect_timeout
+        tried: list[TargetState] = []
+        while True:
+            state = choose(route.targets, time.monotonic(), self.rng, tried)
+            if state is None:
+                break
+            tried.append(state)
+            state.outstanding += 1
+            try:
+                async with asyncio.timeout(timeout):
+                    host = literal_address(state.target.host) or await self.resolver.resolve(state.target.host)
+                    await self.loop.create_connection(
+                        lambda s=state: UpstreamSide(relay, s), host, state.target.port  # type: ignore[misc]
+                    )
+            except (OSError, TimeoutError, ResolveError) as exc:
+                state.outstanding -= 1
+                self._failed(route.app.name, state, exc)
+                if relay.finished:
+                    return
+                stats.failovers += 1
+                continue
+            except asyncio.CancelledError:
+                # The client left while we were connecting. Once the upstream is attached, the relay's own
+                # finish() accounts for the target; before that, we do.
+                if relay.target is not state:
+                    state.outstanding -= 1
+                raise
+            if relay.target is not state:
+                state.outstanding -= 1  # Connected, but the client had already left.
+                return
+            if mark_ok(state):
+                log_event(log, logging.INFO, "target_up", f"target {state.target} of app {route.app.name} is up",
+                          app=route.app.name, target=str(state.target), worker=self.slot)
+            return
+        stats.failed += 1
+        log_event(log, logging.DEBUG, "connect_failed",
+                  f"app {route.app.name}: all {len(tried)} targets failed; closing the client",
+                  app=route.app.name, worker=self.slot)
+        relay.finish()
+
+    def _failed(self, app: str, state: TargetState, exc: BaseException) -> None:
+        reason = failure_reason(exc)
+        if mark_failed(state, time.monotonic()):
+            detail = str(exc) or reason
+            log_event(log, logging.WARNING, "target_down",
+                      f"target {state.target} of app {app} is down ({reason}: {detail})",
+                      app=app, target=str(state.target), worker=self.slot, error=reason)

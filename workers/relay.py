@@ -1,0 +1,171 @@
+"""The relay: one proxied connection as two Protocols sharing the client side's state.
+
+`ClientSide` is the accepted connection and owns the relay; `UpstreamSide` forwards the target's bytes back.
+Flow control: when one side's write buffer passes its high-water mark, the other side stops reading until it
+drains, so memory per connection stays bounded however slow a reader is. EOF from one side becomes
+shutdown(SHUT_WR) towards the other while the other direction keeps flowing; a reset on one side becomes a
+reset on the other. Both sockets are closed exactly once, by `ClientSide.finish`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from proxy.balancer import TargetState
+    from workers.routes import AppRoute
+    from workers.worker import Worker
+
+# Bytes a client may send before its upstream connection exists (uvloop resumes reading right after
+# connection_made, so a pause there does not hold). Past this the client is paused until the connect ends.
+EARLY_BYTES_LIMIT = 256 * 1024
+WRITE_HIGH_WATER = 256 * 1024
+WRITE_LOW_WATER = 64 * 1024
+_LINGER_RESET = struct.pack("ii", 1, 0)
+
+
+def _reset(transport: Any) -> None:
+    """Close so the peer sees a reset (RST), not an orderly end: how a reset is passed on."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+        except OSError:
+            pass  # Already reset by its peer: the close below is a reset anyway.
+    transport.abort()
+
+
+class ClientSide(asyncio.Protocol):
+    __slots__ = (
+        "active", "client", "client_eof", "connect_task", "early", "early_size", "finished", "idle_since",
+        "route", "target", "upstream", "upstream_eof", "worker",
+    )
+
+    def __init__(self, worker: Worker, route: AppRoute | None) -> None:
+        self.worker = worker
+        self.route = route
+        self.client: Any = None
+        self.upstream: Any = None
+        self.target: TargetState | None = None
+        self.early: list[bytes] | None = None
+        self.early_size = 0
+        self.client_eof = False
+        self.upstream_eof = False
+        self.finished = False
+        self.active = True
+        self.idle_since = 0.0
+        self.connect_task: asyncio.Task[None] | None = None
+
+    # --- client events -------------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.client = transport
+        transport.set_write_buffer_limits(WRITE_HIGH_WATER, WRITE_LOW_WATER)  # type: ignore[attr-defined]
+        self.worker.accepted(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.active = True
+        upstream = self.upstream
+        if upstream is not None:
+            upstream.write(data)
+            return
+        if self.early is None:
+            self.early = []
+        self.early.append(data)
+        self.early_size += len(data)
+        if self.early_size > EARLY_BYTES_LIMIT:
+            self.client.pause_reading()
+
+    def eof_received(self) -> bool:
+        self.client_eof = True
+        if self.upstream is not None:
+            self.upstream.write_eof()
+            if self.upstream_eof:
+                self.finish()
+        return True  # Keep the client open for the upstream's remaining bytes.
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.finished:
+            self.finish(reset=exc is not None)
+
+    def pause_writing(self) -> None:
+        if self.upstream is not None:
+            self.upstream.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.upstream is not None:
+            self.upstream.resume_reading()
+
+    # --- upstream events (called by UpstreamSide) -----------------------------------------------------
+    def upstream_made(self, transport: Any, target: TargetState) -> None:
+        self.upstream = transport
+        self.target = target
+        transport.set_write_buffer_limits(WRITE_HIGH_WATER, WRITE_LOW_WATER)
+        if self.early is not None:
+            transport.writelines(self.early)
+            self.early = None
+            if self.early_size > EARLY_BYTES_LIMIT:
+                self.client.resume_reading()
+        if self.client_eof:
+            transport.write_eof()
+
+    def upstream_eof_received(self) -> None:
+        self.upstream_eof = True
+        self.client.write_eof()
+        if self.client_eof:
+            self.finish()
+
+    def upstream_lost(self, exc: Exception | None) -> None:
+        if not self.finished:
+            self.finish(reset=exc is not None)
+
+    # --- the end -------------------------------------------------------------------------------------
+    def finish(self, reset: bool = False) -> None:
+        """Close both sides exactly once: gracefully (buffers flushed) or, to pass on a reset, with RST."""
+        if self.finished:
+            return
+        self.finished = True
+        if self.connect_task is not None and not self.connect_task.done():
+            self.connect_task.cancel()
+        for transport in (self.client, self.upstream):
+            if transport is None:
+                continue
+            if reset:
+                _reset(transport)
+            else:
+                transport.close()
+        self.worker.finished(self)
+
+
+class UpstreamSide(asyncio.Protocol):
+    __slots__ = ("relay", "target")
+
+    def __init__(self, relay: ClientSide, target: TargetState) -> None:
+        self.relay = relay
+        self.target = target
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.relay.finished:
+            transport.close()  # The client left while we were connecting.
+            return
+        self.relay.upstream_made(transport, self.target)
+
+    def data_received(self, data: bytes) -> None:
+        relay = self.relay
+        relay.active = True
+        relay.client.write(data)
+
+    def eof_received(self) -> bool:
+        self.relay.upstream_eof_received()
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.relay.upstream_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.relay.client.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.relay.client.resume_reading()

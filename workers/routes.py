@@ -1,0 +1,57 @@
+"""The worker's routing table: which app serves a port, and each app's targets with their live state."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from proxy.balancer import TargetState
+from proxy.config import App, Config
+
+
+@dataclass(slots=True, eq=False)
+class AppStats:
+    """Plain-int counters for one app in one worker; shared by every table the app appears in."""
+
+    active: int = 0
+    total: int = 0
+    failed: int = 0
+    failovers: int = 0
+
+
+@dataclass(slots=True, eq=False)
+class AppRoute:
+    """One app as a worker serves it."""
+
+    app: App
+    targets: list[TargetState]
+    stats: AppStats = field(default_factory=AppStats)
+
+
+@dataclass(slots=True)
+class RoutingTable:
+    version: int
+    apps: dict[str, AppRoute]
+    by_port: dict[int, AppRoute]
+
+
+def build_table(version: int, config: Config, previous: RoutingTable | None) -> RoutingTable:
+    """A new table; target state (health, outstanding counts) carries over for targets that stay in their app."""
+    apps: dict[str, AppRoute] = {}
+    for app in config.apps:
+        old = previous.apps.get(app.name) if previous else None
+        old_states = {s.target: s for s in old.targets} if old else {}
+        targets = [old_states.get(t) or TargetState(t) for t in app.targets]
+        apps[app.name] = AppRoute(app, targets, old.stats if old else AppStats())
+    by_port = {port: apps[app.name] for app in config.apps for port in app.ports}
+    return RoutingTable(version, apps, by_port)
+
+
+@lru_cache(maxsize=4096)
+def literal_address(host: str) -> str | None:
+    """The host itself when it is an IP address (no lookup needed), else None."""
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return None

@@ -1,0 +1,264 @@
+"""The worker process: serves its slot's listeners, applies snapshots from the supervisor, drains on stop.
+
+Its one wait point is the uvloop event loop: client sockets, upstream sockets, the supervisor channel and
+SIGTERM all arrive there. Snapshots are applied between events, so a connection sees one routing table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import random
+import signal
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import setproctitle
+import uvloop
+
+from proxy.framing import FrameDecoder, FramingError, encode
+from proxy.logs import log_event
+from proxy.snapshot import Snapshot
+from workers.connector import Connector
+from workers.listeners import Listener, drain, serve
+from workers.relay import ClientSide
+from workers.resolver import Resolver
+from workers.routes import RoutingTable, build_table
+
+log = logging.getLogger("worker")
+
+EXIT_OK = 0
+EXIT_BOOT_FAILED = 3
+EXIT_CHANNEL_BROKEN = 4
+EXIT_CRASHED = 5
+FAILPOINT_ENV = "SKIFF_FAILPOINT"  # test-only fault injection: "worker-boot" makes every worker fail to boot
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerOptions:
+    grace: float
+
+
+class Worker:
+    def __init__(
+        self, slot: int, channel: socket.socket, sockets: dict[int, socket.socket], snapshot: Snapshot,
+        options: WorkerOptions,
+    ) -> None:
+        self.slot = slot
+        self.channel = channel
+        self.options = options
+        self.snapshot = snapshot
+        self.table: RoutingTable = build_table(snapshot.version, snapshot.config, None)
+        self.listeners = {port: Listener(port, sock) for port, sock in sockets.items()}
+        self.relays: set[ClientSide] = set()
+        self.adopting: set[asyncio.Task[object]] = set()  # queued connections taken over from a draining listener
+        self.loop = asyncio.get_running_loop()
+        self.connector = Connector(slot, Resolver(), random.Random())
+        self.decoder = FrameDecoder()
+        self.fds: collections.deque[int] = collections.deque()
+        self.incoming: dict[int, socket.socket] = {}  # listening sockets for ports the next snapshot adds
+        self.control: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.stopped = asyncio.Event()
+        self.stopping = False
+
+    # --- connections ---------------------------------------------------------------------------------
+    def factory_for(self, port: int) -> Any:
+        # Looked up at accept time, so a reload's new table applies to the next connection.
+        return lambda: ClientSide(self, self.table.by_port.get(port))
+
+    def drain(self, listener: Listener, factory: Any) -> None:
+        for task in drain(listener, factory):
+            self.adopting.add(task)
+            task.add_done_callback(self._adopted)
+
+    def _adopted(self, task: asyncio.Task[object]) -> None:
+        self.adopting.discard(task)
+        self.check_stopped()
+
+    def check_stopped(self) -> None:
+        if self.stopping and not self.relays and not self.adopting:
+            self.stopped.set()
+
+    def accepted(self, relay: ClientSide) -> None:
+        route = relay.route
+        if route is None:
+            relay.finish()  # Not ours any more: a port removed between accept and now.
+            return
+        route.stats.active += 1
+        route.stats.total += 1
+        relay.idle_since = time.monotonic()
+        self.relays.add(relay)
+        relay.connect_task = self.loop.create_task(self.connector.connect(relay))
+
+    def finished(self, relay: ClientSide) -> None:
+        if relay in self.relays:
+            self.relays.discard(relay)
+            assert relay.route is not None
+            relay.route.stats.active -= 1
+        if relay.target is not None:
+            relay.target.outstanding -= 1
+        self.check_stopped()
+
+    def sweep_idle(self) -> None:
+        now = time.monotonic()
+        expired = []
+        for relay in self.relays:
+            if relay.active:
+                relay.active = False
+                relay.idle_since = now
+            elif relay.route is not None and now - relay.idle_since >= relay.route.app.idle_timeout:
+                expired.append(relay)
+        for relay in expired:
+            relay.finish()
+        self.loop.call_later(self.sweep_interval(), self.sweep_idle)
+
+    def sweep_interval(self) -> float:
+        shortest = min((a.app.idle_timeout for a in self.table.apps.values()), default=60.0)
+        return min(max(shortest / 4, 0.05), 30.0)
+
+    # --- the supervisor channel ----------------------------------------------------------------------
+    def send(self, message: dict[str, Any]) -> None:
+        try:
+            self.channel.sendall(encode(message))
+        except OSError:
+            self.begin_stop()  # The supervisor is gone: finish what we have and leave.
+
+    def on_channel_readable(self) -> None:
+        try:
+            data, fds, _flags, _addr = socket.recv_fds(self.channel, 1 << 20, 253, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data, fds = b"", []
+        self.fds.extend(fds)
+        if not data:
+            self.loop.remove_reader(self.channel.fileno())
+            log_event(log, logging.WARNING, "supervisor_gone", "supervisor channel closed; draining", worker=self.slot)
+            self.begin_stop()
+            return
+        try:
+            messages = self.decoder.feed(data)
+        except FramingError as exc:
+            log_event(log, logging.ERROR, "channel_error", f"bad frame from supervisor: {exc}", worker=self.slot)
+            os._exit(EXIT_CHANNEL_BROKEN)
+        for message in messages:
+            self.control.put_nowait(message)
+
+    async def handle_control(self) -> None:
+        while True:
+            message = await self.control.get()
+            kind = message.get("t")
+            if kind == "sockets":
+                for port in message["ports"]:
+                    self.incoming[port] = socket.socket(fileno=self.fds.popleft())
+            elif kind == "snapshot":
+                await self.apply_snapshot(message)
+            elif kind == "drain":
+                self.begin_stop()
+            elif kind == "stats":
+                self.send({"t": "stats", "stats": self.stats()})
+
+    async def apply_snapshot(self, message: dict[str, Any]) -> None:
+        started = time.perf_counter()
+        sockets, self.incoming = self.incoming, {}
+        snapshot = Snapshot.from_wire(message["snapshot"])
+        if snapshot.version <= self.snapshot.version:
+            for sock in sockets.values():
+                sock.close()
+            self.send({"t": "ack", "version": self.snapshot.version})
+            return
+        old_table = self.table
+        self.table = build_table(snapshot.version, snapshot.config, old_table)
+        self.snapshot = snapshot
+        removed = [self.listeners.pop(p) for p in list(self.listeners) if p not in self.table.by_port]
+        if not self.stopping:
+            for port, sock in sockets.items():
+                listener = self.listeners[port] = Listener(port, sock)
+                await serve(listener, self.factory_for(port))
+        else:
+            for sock in sockets.values():
+                sock.close()
+        for listener in removed:
+            # Connections queued on a removed port were made under the old config: serve them by it.
+            old_route = old_table.by_port.get(listener.port)
+            self.drain(listener, lambda r=old_route: ClientSide(self, r))
+        setproctitle.setproctitle(f"skiff: worker {self.slot} (config v{snapshot.version})")
+        self.send({"t": "ack", "version": snapshot.version, "ms": round((time.perf_counter() - started) * 1000, 2)})
+
+    # --- lifecycle -----------------------------------------------------------------------------------
+    async def run(self) -> int:
+        self.loop.add_reader(self.channel.fileno(), self.on_channel_readable)
+        self.loop.add_signal_handler(signal.SIGTERM, self.begin_stop)
+        for port, listener in self.listeners.items():
+            await serve(listener, self.factory_for(port))
+        control = self.loop.create_task(self.handle_control())
+        self.loop.call_later(self.sweep_interval(), self.sweep_idle)
+        self.send({"t": "ready", "version": self.snapshot.version, "pid": os.getpid()})
+        await self.stopped.wait()
+        control.cancel()
+        return EXIT_OK
+
+    def begin_stop(self) -> None:
+        """Stop accepting (serving what is already queued), then wait for connections up to the grace period."""
+        if self.stopping:
+            log_event(log, logging.WARNING, "forced_stop", "second stop request: closing all connections now",
+                      worker=self.slot)
+            self.force_stop()
+            return
+        self.stopping = True
+        for listener in self.listeners.values():
+            self.drain(listener, self.factory_for(listener.port))
+        self.listeners.clear()
+        self.loop.call_later(self.options.grace, self.force_stop)
+        self.check_stopped()
+
+    def force_stop(self) -> None:
+        for relay in list(self.relays):
+            relay.finish(reset=True)
+        self.stopped.set()
+
+    def stats(self) -> dict[str, Any]:
+        now = time.monotonic()
+        return {
+            "version": self.snapshot.version,
+            "apps": {
+                name: {
+                    "active": route.stats.active, "total": route.stats.total, "failed": route.stats.failed,
+                    "failovers": route.stats.failovers,
+                    "targets": {
+                        str(t.target): {"outstanding": t.outstanding, "up": t.is_up(now), "failures": t.failures}
+                        for t in route.targets
+                    },
+                }
+                for name, route in self.table.apps.items()
+            },
+        }
+
+
+def worker_main(
+    slot: int, channel: socket.socket, sockets: dict[int, socket.socket], snapshot: Snapshot, options: WorkerOptions
+) -> int:
+    """The child's first acts after fork: plain signal handling, a title, then the event loop."""
+    signal.set_wakeup_fd(-1)
+    for signum in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT):
+        signal.signal(signum, signal.SIG_IGN)  # The supervisor decides; Ctrl-C reaches it too.
+    for signum in (signal.SIGTERM, signal.SIGCHLD, signal.SIGQUIT):
+        signal.signal(signum, signal.SIG_DFL)
+    setproctitle.setproctitle(f"skiff: worker {slot} (config v{snapshot.version})")
+    if os.environ.get(FAILPOINT_ENV) == "worker-boot":
+        log_event(log, logging.ERROR, "worker_boot_failed", "failpoint worker-boot: failing on purpose", worker=slot)
+        return EXIT_BOOT_FAILED
+
+    async def main() -> int:
+        worker = Worker(slot, channel, sockets, snapshot, options)
+        return await worker.run()
+
+    try:
+        return uvloop.run(main())
+    except Exception as exc:  # A bug: say where, and let the supervisor respawn us.
+        log.exception("worker %d crashed: %s", slot, exc, extra={"event": "worker_crashed", "worker": slot})
+        return EXIT_CRASHED
