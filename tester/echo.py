@@ -4,6 +4,7 @@ Used by `make run` (the demo's local backends), by the test suite and by the tes
 gets its own server; `on_connection` lets an in-process user learn which address served a connection.
 
     python -m tester.echo 127.0.0.1:15001 127.0.0.1:15002
+    python -m tester.echo --config config.json     # every local target of a skiff config
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import sys
 from collections.abc import Callable
 from typing import cast
 
+import orjson
 import uvloop
 
 ConnectionHook = Callable[[str, "EchoProtocol"], None]
@@ -99,15 +101,37 @@ async def serve(addresses: list[str]) -> None:
         server.close()
 
 
+LOCAL_HOSTS = ("127.", "localhost", "::1", "[::1]")
+
+
+def local_targets(config_path: str) -> list[str]:
+    """Every target of a skiff config that lives on this machine (what the demo must provide)."""
+    with open(config_path, "rb") as f:
+        document = orjson.loads(f.read())
+    return [
+        target
+        for app in document.get("Apps", [])
+        for target in app.get("Targets", [])
+        if isinstance(target, str) and target.startswith(LOCAL_HOSTS)
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tester.echo", description=__doc__.splitlines()[0])
-    parser.add_argument("addresses", nargs="+", metavar="HOST:PORT")
+    parser.add_argument("addresses", nargs="*", metavar="HOST:PORT")
+    parser.add_argument("--config", help="also listen on every local target of this skiff config")
     args = parser.parse_args(argv)
+    addresses = list(args.addresses)
     try:
-        for address in args.addresses:
+        if args.config:
+            addresses += local_targets(args.config)
+        for address in addresses:
             parse_address(address)
-    except ValueError as exc:
+    except (OSError, ValueError) as exc:
         parser.exit(2, f"echo: {exc}\n")
+    if not addresses:
+        parser.exit(2, "echo: no addresses to listen on\n")
+    args.addresses = addresses
     try:
         uvloop.run(serve(args.addresses))
     except OSError as exc:

@@ -1,0 +1,47 @@
+# skiff: `make run` sets everything up and runs the demo; `make test` sets everything up and runs the tests.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+DEPS_STAMP := $(VENV)/.deps-stamp
+SYSTEM_STAMP := .stamp-system-deps
+WORKERS ?= 2
+PYTEST_ARGS ?=
+
+.PHONY: all setup system-deps venv bpf run test lint clean bench
+.DELETE_ON_ERROR:
+
+all: setup
+
+setup: system-deps venv bpf
+
+system-deps: $(SYSTEM_STAMP)
+
+$(SYSTEM_STAMP): scripts/install-system-deps.sh
+	bash scripts/install-system-deps.sh
+	touch $@
+
+venv: $(DEPS_STAMP)
+
+$(DEPS_STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) scripts/requirements.py test > $(VENV)/requirements.txt
+	$(PY) -m pip install -q -r $(VENV)/requirements.txt
+	touch $@
+
+bpf: system-deps
+	$(MAKE) -C bpf
+
+run: setup
+	bash scripts/run-demo.sh config.json -w $(WORKERS)
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(PY) -m ruff check .
+	$(PY) -m mypy supervisor.py proxy workers control bpf tester
+
+clean:
+	rm -rf $(VENV) $(SYSTEM_STAMP) .pytest_cache .mypy_cache .ruff_cache
+	$(MAKE) -C bpf clean

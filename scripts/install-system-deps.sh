@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs the Debian packages skiff needs, only when something is missing: clang/llvm and libbpf-dev build the
+# BPF program, libbpf1 loads it, iptables and iproute2 serve the tests (blackholed targets, network namespaces).
+set -euo pipefail
+
+missing=()
+command -v clang >/dev/null 2>&1 || missing+=(clang)
+command -v llvm-strip >/dev/null 2>&1 || missing+=(llvm)
+[ -f /usr/include/bpf/bpf_helpers.h ] || missing+=(libbpf-dev)
+ldconfig -p 2>/dev/null | grep -q 'libbpf.so.1 ' || missing+=(libbpf1)
+command -v iptables >/dev/null 2>&1 || missing+=(iptables)
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+if [ "$(id -u)" -ne 0 ]; then
+  echo "skiff needs these Debian packages: ${missing[*]} (run as root, or: sudo apt-get install ${missing[*]})" >&2
+  exit 1
+fi
+echo "installing: ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
