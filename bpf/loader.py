@@ -117,7 +117,7 @@ class Steering:
             for name in MAPS:
                 # libbpf reuses a compatible pinned map at this path, or creates the map and pins it there.
                 libbpf.map_set_pin_path(libbpf.find_map(obj, name), pin_dir / name)
-            action = f"load {obj_path.name} (pinned maps under {pin_dir} must match it)"
+            action = f"load {obj_path.name}"
             libbpf.object_load(obj)
             prog = libbpf.find_program(obj, PROGRAM)
             action = "pin sk_lookup program"
