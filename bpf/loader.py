@@ -208,13 +208,17 @@ class Steering:
     def close(self, *, unpin: bool) -> None:
         """Release this process's handles. unpin=True also detaches and removes every pin (clean shutdown);
         unpin=False leaves the program steering for a successor."""
-        if unpin:
-            # Detach explicitly: forked workers may still hold a copy of the link fd.
-            libbpf.link_detach(self._link)
-            pinning.remove_pins(self._pin_dir)
-        libbpf.link_destroy(self._link)
-        libbpf.object_close(self._obj)
-        pinning.unlock_dir(self._lock_fd)
+        try:
+            if unpin:
+                # Detach explicitly: forked workers may still hold a copy of the link fd.
+                libbpf.link_detach(self._link)
+                pinning.remove_pins(self._pin_dir)
+        except OSError as exc:
+            raise SteeringError(_reason("remove the steering program", exc)) from None
+        finally:
+            libbpf.link_destroy(self._link)
+            libbpf.object_close(self._obj)
+            pinning.unlock_dir(self._lock_fd)
 
     def _check_group(self, group: int) -> None:
         if not 0 <= group < self.groups:

@@ -28,15 +28,25 @@ def bpf_object() -> Path:
     return REPO / "bpf" / "skiff.bpf.o"
 
 
+SYSTEM_PINS = Path("/sys/fs/bpf/skiff")
+
+
+def _system_pins() -> set[str]:
+    return {str(p) for p in SYSTEM_PINS.rglob("*")} if SYSTEM_PINS.is_dir() else set()
+
+
 @pytest.fixture
 def netns() -> Iterator[Netns]:
     name = f"skiff-test-{uuid.uuid4().hex[:8]}"
+    before = _system_pins()
     subprocess.run(["ip", "netns", "add", name], check=True, timeout=10)
     try:
         subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True, timeout=10)
         yield Netns(name)
     finally:
         subprocess.run(["ip", "netns", "del", name], check=False, timeout=10)
+    # Tests pin under their own bpffs; the system pin root must look exactly as it did.
+    assert _system_pins() == before
 
 
 @pytest.fixture
