@@ -1,7 +1,7 @@
 """skiff's entry point: parse the command line, validate the config, run the supervisor.
 
     python supervisor.py [-c CONFIG] [-w N] [--check] [--grace SECONDS] [--log-format text|json]
-                         [--log-level LEVEL] [--bind ADDRESS]
+                         [--log-level LEVEL] [--bind ADDRESS] [--steering reuseport|bpf|auto]
 """
 
 from __future__ import annotations
@@ -9,10 +9,12 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import re
 import sys
 from pathlib import Path
 
 from control.arbiter import Options, Supervisor
+from control.steering import DEFAULT_OBJECT, MODES, SteeringUnavailable, choose_steering
 from proxy.config import load_config
 from proxy.errors import ConfigError
 from proxy.logs import setup_logging
@@ -48,6 +50,12 @@ def address(text: str) -> str:
         raise argparse.ArgumentTypeError(f"{text!r} is not an IP address") from None
 
 
+def instance_name(text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a name (letters, digits, _ . -; up to 64)")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="supervisor.py", description="skiff: a hot-reloading L4 TCP proxy")
     parser.add_argument("-c", "--config", type=Path, default=Path("config.json"), help="config file (./config.json)")
@@ -61,6 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", choices=LOG_LEVELS, default="info", type=str.lower)
     parser.add_argument("--no-watch", dest="watch", action="store_false",
                         help="do not watch the config file; reload on SIGHUP only")
+    parser.add_argument("--steering", choices=MODES, default="reuseport",
+                        help="reuseport: one socket per port per worker (default); bpf: sk_lookup steering onto "
+                             "one listener per worker; auto: bpf when it works here, else reuseport")
+    parser.add_argument("--instance", type=instance_name, default="default",
+                        help="name of this proxy's pinned BPF state (default: default)")
+    parser.add_argument("--bpf-object", type=Path, default=DEFAULT_OBJECT, help=argparse.SUPPRESS)
+    parser.add_argument("--bpf-pin-root", type=Path, default=Path("/sys/fs/bpf"), help=argparse.SUPPRESS)
     return parser
 
 
@@ -78,8 +93,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         print(f"{args.config}: ok: {config.summary()}")
         return 0
+    try:
+        steering = choose_steering(args.steering, args.bpf_object)
+    except SteeringUnavailable as exc:
+        log.error("%s", exc, extra={"event": "steering_failed", "error": str(exc)})
+        return 1
     options = Options(config_path=args.config, workers=args.workers, grace=args.grace, bind=args.bind,
-                      watch=args.watch)
+                      watch=args.watch, steering=steering.mode, instance=args.instance,
+                      bpf_object=args.bpf_object, bpf_pin_root=args.bpf_pin_root)
     return Supervisor(options, first_snapshot(config)).run()
 
 

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from bpf import libbpf, pinning
+from bpf.errors import SteeringError
 from bpf.ports import PortsDiff, diff_ports, validate_ports
 
 PROGRAM = "steer"
@@ -32,10 +33,6 @@ _LINK_INFO_NETNS_INO = struct.Struct("=I")  # struct bpf_link_info.netns.netns_i
 _BATCH_UNSUPPORTED = (errno.EINVAL, errno.EOPNOTSUPP, 524)  # 524: the kernel's internal ENOTSUPP
 
 _BatchCall = Callable[[int, bytes, bytes, int], int]
-
-
-class SteeringError(Exception):
-    """BPF steering cannot be set up or changed; str() is one line for the operator."""
 
 
 def _reason(action: str, exc: OSError) -> str:

@@ -7,6 +7,7 @@ reaps and reloads.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import selectors
@@ -16,13 +17,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 import setproctitle
 
+from bpf.errors import SteeringError
 from control.handle import WorkerHandle, WorkerState
-from control.sockets import ListenError, SocketTable, enable_request_migration
+from control.sockets import ListenError, SocketTable, enable_request_migration, open_group_listeners
 from control.watcher import ConfigWatcher
 from proxy.config import load_config
 from proxy.errors import ConfigError
@@ -32,12 +34,16 @@ from proxy.plan import Plan, plan
 from proxy.snapshot import Snapshot, next_snapshot
 from workers.worker import EXIT_CRASHED, WorkerOptions, worker_main
 
+if TYPE_CHECKING:
+    from bpf.loader import Steering
+
 log = logging.getLogger("supervisor")
 
 EXIT_OK = 0
 EXIT_FORCED = 1
 EXIT_WORKERS_CANNOT_BOOT = 2
 EXIT_CANNOT_LISTEN = 3
+EXIT_STEERING_FAILED = 4
 
 MAX_BOOT_FAILURES = 5
 BOOT_BACKOFF_FIRST = 0.1
@@ -57,6 +63,10 @@ class Options:
     grace: float
     bind: str
     watch: bool = True
+    steering: str = "reuseport"  # "reuseport" or "bpf" (auto is resolved before we start)
+    instance: str = "default"
+    bpf_object: Path = Path("bpf/skiff.bpf.o")
+    bpf_pin_root: Path = Path("/sys/fs/bpf")
 
 
 @dataclass(slots=True)
@@ -64,6 +74,7 @@ class PendingReload:
     version: int
     started: float
     plan: Plan
+    ports: frozenset[int]
 
 
 @dataclass(slots=True)
@@ -80,6 +91,8 @@ class Supervisor:
         self.options = options
         self.snapshot = snapshot
         self.sockets = SocketTable(options.bind, options.workers)
+        self.steering: Steering | None = None
+        self.group_sockets: list[socket.socket] = []  # bpf mode: one listener per worker slot
         self.handles: dict[int, WorkerHandle] = {}  # slot -> live worker
         self.by_pid: dict[int, WorkerHandle] = {}
         self.boot_failures = [0] * options.workers
@@ -100,10 +113,17 @@ class Supervisor:
     # --- start ---------------------------------------------------------------------------------------
     def run(self) -> int:
         try:
-            self.sockets.open_ports(self.snapshot.config.ports)
+            if self.options.steering == "bpf":
+                self.start_steering()
+            else:
+                self.sockets.open_ports(self.snapshot.config.ports)
         except ListenError as exc:
             log_event(log, logging.ERROR, "listen_failed", str(exc), error=str(exc))
             return EXIT_CANNOT_LISTEN
+        except SteeringError as exc:
+            log_event(log, logging.ERROR, "steering_failed", str(exc), error=str(exc))
+            self.close_group_sockets()
+            return EXIT_STEERING_FAILED
         problem = enable_request_migration()
         if problem:
             log_event(log, logging.WARNING, "migrate_req_off",
@@ -118,7 +138,7 @@ class Supervisor:
                           f"cannot watch {self.options.config_path} for changes ({exc}); SIGHUP still reloads")
         log_event(log, logging.INFO, "start",
                   f"starting: config v{self.snapshot.version} ({self.snapshot.config.summary()}), "
-                  f"{self.options.workers} workers, listening on {self.options.bind}",
+                  f"{self.options.workers} workers, listening on {self.options.bind}, {self.steering_summary()}",
                   version=self.snapshot.version, workers=self.options.workers)
         for slot in range(self.options.workers):
             self.spawn(slot)
@@ -128,6 +148,51 @@ class Supervisor:
         finally:
             self.cleanup()
         return self.exit_code
+
+    def start_steering(self) -> None:
+        """bpf mode: the group's listeners first, then the program (taking over pinned state if a previous
+        supervisor left some), then its socket, then the ports: connections queue until workers accept."""
+        from bpf.loader import Steering
+
+        host = "127.0.0.1" if self.options.bind == "0.0.0.0" else self.options.bind
+        self.group_sockets = open_group_listeners(host, self.options.workers)
+        steering = Steering.open(self.options.instance, self.options.bpf_object, pin_root=self.options.bpf_pin_root)
+        try:
+            steering.set_group_socket(0, self.group_sockets[0])
+            steering.set_bind_address(None if self.options.bind == "0.0.0.0" else self.options.bind)
+            steering.apply_ports(dict.fromkeys(self.snapshot.config.ports, 0))
+        except (SteeringError, ValueError):
+            steering.close(unpin=True)
+            raise
+        self.steering = steering
+
+    def steer_ports(self, ports: frozenset[int]) -> None:
+        if self.steering is None:
+            return
+        try:
+            diff = self.steering.apply_ports(dict.fromkeys(ports, 0))
+        except SteeringError as exc:
+            log_event(log, logging.ERROR, "steering_failed", f"cannot update the BPF port map: {exc}", error=str(exc))
+            return
+        log_event(log, logging.DEBUG, "steering_updated",
+                  f"BPF port map: {diff.upserted} added, {diff.deleted} removed, {diff.unchanged} unchanged")
+
+    def close_group_sockets(self) -> None:
+        for sock in self.group_sockets:
+            sock.close()
+        self.group_sockets = []
+
+    def steering_summary(self) -> str:
+        if self.options.steering != "bpf":
+            return "one socket per port per worker (reuseport)"
+        port = self.group_sockets[0].getsockname()[1] if self.group_sockets else 0
+        return f"BPF sk_lookup steering onto {self.options.workers} listeners on port {port}"
+
+    def listeners_for(self, slot: int) -> dict[int, socket.socket]:
+        if self.options.steering == "bpf":
+            sock = self.group_sockets[slot]
+            return {sock.getsockname()[1]: sock}
+        return self.sockets.for_slot(slot)
 
     def install_signals(self) -> None:
         self.wake_w.setblocking(False)
@@ -167,6 +232,7 @@ class Supervisor:
         for pending in list(self.pending):
             if pending.started + ACK_TIMEOUT <= now:
                 self.pending.remove(pending)
+                self.steer_ports(pending.ports)
                 acked = sum(1 for h in self.handles.values() if h.acked_version >= pending.version)
                 log_event(log, logging.WARNING, "reload_slow",
                           f"config v{pending.version} acknowledged by only {acked}/{len(self.handles)} workers "
@@ -203,9 +269,9 @@ class Supervisor:
             code = EXIT_CRASHED
             try:
                 parent_end.close()
-                self.forget_in_child(slot)
-                code = worker_main(slot, child_end, self.sockets.for_slot(slot), self.snapshot,
-                                   WorkerOptions(grace=self.options.grace))
+                self.forget_in_child(slot, child_end)
+                code = worker_main(slot, child_end, self.listeners_for(slot), self.snapshot,
+                                   WorkerOptions(grace=self.options.grace, steered=self.steering is not None))
             except BaseException:
                 log.exception("worker %d failed to start", slot, extra={"event": "worker_crashed", "worker": slot})
             finally:
@@ -219,7 +285,7 @@ class Supervisor:
         self.selector.register(parent_end, selectors.EVENT_READ, lambda: self.on_channel(handle))
         log_event(log, logging.DEBUG, "worker_spawned", f"worker {slot} spawned (pid {pid})", worker=slot, pid=pid)
 
-    def forget_in_child(self, slot: int) -> None:
+    def forget_in_child(self, slot: int, child_end: socket.socket) -> None:
         """Drop what the child inherited but must not hold: other slots' sockets, channels, the wait point."""
         signal.set_wakeup_fd(-1)
         self.selector.close()
@@ -229,10 +295,17 @@ class Supervisor:
             self.watcher.close()
         for handle in self.handles.values():
             handle.channel.close()
-        for sockets in self.sockets.by_port.values():
+        for sockets in [*self.sockets.by_port.values(), self.group_sockets]:
             for i, sock in enumerate(sockets):
                 if i != slot:
                     sock.close()
+        keep = {0, 1, 2, child_end.fileno(), *(s.fileno() for s in self.listeners_for(slot).values())}
+        # Whatever else was inherited (BPF map, link and lock descriptors, library fds) is not the worker's.
+        for name in os.listdir("/proc/self/fd"):
+            fd = int(name)
+            if fd not in keep:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
 
     def on_channel(self, handle: WorkerHandle) -> None:
         try:
@@ -369,17 +442,20 @@ class Supervisor:
                       version=current.version)
             return
         change = plan(current.config, config)
+        steered = self.steering is not None
         try:
-            self.sockets.open_ports(change.added_ports)  # Sockets exist in every slot before any worker is told.
+            if not steered:
+                self.sockets.open_ports(change.added_ports)  # Sockets exist in every slot before any worker is told.
         except ListenError as exc:
             self.reload_failed(trigger, str(exc))
             return
         self.snapshot = new
-        self.pending.append(PendingReload(new.version, time.monotonic(), change))
-        added = sorted(change.added_ports)
+        self.pending.append(PendingReload(new.version, time.monotonic(), change, config.ports))
+        added = [] if steered else sorted(change.added_ports)
         for handle in list(self.handles.values()):
             self.send_snapshot(handle, added)
-        # Our copies of removed ports go now; each worker closes its own after draining what is queued.
+        # reuseport: our copies of removed ports go now; each worker closes its own after draining its queue.
+        # bpf: the port map follows once every worker knows the new routes (check_pending).
         self.sockets.close_ports(change.removed_ports)
         self.reload_status = ReloadStatus(True, time.time(), None, self.reload_status.reloads + 1,
                                           self.reload_status.failures)
@@ -408,6 +484,7 @@ class Supervisor:
             live = [h for h in self.handles.values() if h.state is not WorkerState.STARTING]
             if all(h.acked_version >= pending.version for h in live):
                 self.pending.remove(pending)
+                self.steer_ports(pending.ports)
                 ms = (time.monotonic() - pending.started) * 1000
                 log_event(log, logging.INFO, "reload_applied",
                           f"config v{pending.version} applied by {len(live)}/{self.options.workers} workers in "
@@ -431,12 +508,26 @@ class Supervisor:
             if handle.state is not WorkerState.EXITED:
                 handle.move_to(WorkerState.DRAINING)
                 self.send(handle, {"t": "drain"})
-        # Our copies go now; each worker closes its own once it has taken over what the kernel queued.
+        # New connections are refused from here on: the program is detached (bpf) and our copies of the
+        # listeners go; each worker closes its own once it has taken over what the kernel already queued.
+        self.stop_steering()
         self.sockets.close_all()
+        self.close_group_sockets()
         self.kill_at = time.monotonic() + self.options.grace + KILL_MARGIN
 
+    def stop_steering(self) -> None:
+        if self.steering is None:
+            return
+        steering, self.steering = self.steering, None
+        try:
+            steering.close(unpin=True)
+        except SteeringError as exc:
+            log_event(log, logging.ERROR, "steering_failed", str(exc), error=str(exc))
+
     def cleanup(self) -> None:
+        self.stop_steering()
         self.sockets.close_all()
+        self.close_group_sockets()
         if self.watcher is not None:
             self.watcher.close()
         signal.set_wakeup_fd(-1)
@@ -450,6 +541,9 @@ class Supervisor:
     def status_line(self) -> str:
         parts = [f"config v{self.snapshot.version}",
                  "last reload " + ("ok" if self.reload_status.ok else f"FAILED: {self.reload_status.error}")]
+        if self.steering is not None:
+            counters = self.steering.counters()
+            parts.append("bpf " + " ".join(f"{k} {v}" for k, v in counters.items()))
         for slot in range(self.options.workers):
             handle = self.handles.get(slot)
             if handle is None:

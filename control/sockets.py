@@ -92,3 +92,22 @@ def enable_request_migration() -> str | None:
         return None
     except OSError as exc:
         return f"cannot set net.ipv4.tcp_migrate_req=1: {exc.strerror or exc}"
+
+
+def open_group_listeners(host: str, slots: int) -> list[socket.socket]:
+    """bpf mode: one SO_REUSEPORT listener per worker on one steering address (a port the kernel picks).
+
+    The sk_lookup program hands every configured port's connections to the first of these; the kernel's
+    reuseport selection then spreads them over the group.
+    """
+    first = open_listener(host, 0)
+    sockets = [first]
+    port = first.getsockname()[1]
+    try:
+        for _ in range(slots - 1):
+            sockets.append(open_listener(host, port))
+    except ListenError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets

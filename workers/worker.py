@@ -27,7 +27,7 @@ from workers.connector import Connector
 from workers.listeners import Listener, drain, serve
 from workers.relay import ClientSide
 from workers.resolver import Resolver
-from workers.routes import RoutingTable, build_table
+from workers.routes import AppRoute, RoutingTable, build_table
 
 log = logging.getLogger("worker")
 
@@ -41,6 +41,7 @@ FAILPOINT_ENV = "SKIFF_FAILPOINT"  # test-only fault injection: "worker-boot" ma
 @dataclass(frozen=True, slots=True)
 class WorkerOptions:
     grace: float
+    steered: bool = False  # bpf mode: one listener for every port; the accepted socket names the port
 
 
 class Worker:
@@ -61,14 +62,22 @@ class Worker:
         self.decoder = FrameDecoder()
         self.fds: collections.deque[int] = collections.deque()
         self.incoming: dict[int, socket.socket] = {}  # listening sockets for ports the next snapshot adds
+        self.retired: dict[int, AppRoute] = {}  # routes of the ports the last snapshot removed
         self.control: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.stopped = asyncio.Event()
         self.stopping = False
 
     # --- connections ---------------------------------------------------------------------------------
     def factory_for(self, port: int) -> Any:
+        if self.options.steered:
+            return lambda: ClientSide(self, None)  # accepted() finds the route from the socket's local port
         # Looked up at accept time, so a reload's new table applies to the next connection.
-        return lambda: ClientSide(self, self.table.by_port.get(port))
+        return lambda: ClientSide(self, self.route_for(port))
+
+    def route_for(self, port: int) -> AppRoute | None:
+        # A port the last reload removed is still served by its old route until its queue is drained (and,
+        # in bpf mode, until the supervisor has taken it out of the port map).
+        return self.table.by_port.get(port) or self.retired.get(port)
 
     def drain(self, listener: Listener, factory: Any) -> None:
         for task in drain(listener, factory):
@@ -84,6 +93,9 @@ class Worker:
             self.stopped.set()
 
     def accepted(self, relay: ClientSide) -> None:
+        if self.options.steered and relay.route is None:
+            sockname = relay.client.get_extra_info("sockname")
+            relay.route = self.route_for(sockname[1]) if sockname else None
         route = relay.route
         if route is None:
             relay.finish()  # Not ours any more: a port removed between accept and now.
@@ -173,8 +185,10 @@ class Worker:
             return
         old_table = self.table
         self.table = build_table(snapshot.version, snapshot.config, old_table)
+        self.retired = {p: r for p, r in old_table.by_port.items() if p not in self.table.by_port}
         self.snapshot = snapshot
-        removed = [self.listeners.pop(p) for p in list(self.listeners) if p not in self.table.by_port]
+        removed = [] if self.options.steered else [
+            self.listeners.pop(p) for p in list(self.listeners) if p not in self.table.by_port]
         if not self.stopping:
             for port, sock in sockets.items():
                 listener = self.listeners[port] = Listener(port, sock)
@@ -184,8 +198,7 @@ class Worker:
                 sock.close()
         for listener in removed:
             # Connections queued on a removed port were made under the old config: serve them by it.
-            old_route = old_table.by_port.get(listener.port)
-            self.drain(listener, lambda r=old_route: ClientSide(self, r))
+            self.drain(listener, self.factory_for(listener.port))
         setproctitle.setproctitle(f"skiff: worker {self.slot} (config v{snapshot.version})")
         self.send({"t": "ack", "version": snapshot.version, "ms": round((time.perf_counter() - started) * 1000, 2)})
 
