@@ -51,9 +51,11 @@ class EchoProtocol(asyncio.Protocol):
         self._transport.write(data)
 
     def eof_received(self) -> bool:
-        # Half-close: finish sending what is buffered, then shut our side down too.
+        # Half-close: finish sending what is buffered, then shut our side down too. Closing (which also waits
+        # for the buffer) matters: a half-closed transport is never closed for us, so each one leaked a socket.
         assert self._transport is not None
         self._transport.write_eof()
+        self._transport.close()
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:

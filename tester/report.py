@@ -110,7 +110,7 @@ def print_text(document: Document, console: Console) -> None:
         console.print(f"{key}: {escape(orjson.dumps(value).decode())}", highlight=False)
     for check in document["checks"]:
         mark = "[green]PASS[/]" if check["ok"] else "[bold red]FAIL[/]"
-        console.print(f"{mark} {check['name']}: {escape(check['message'])}", highlight=False)
+        console.print(f"{mark} {check['name']}: {escape(check['message'])}", highlight=False, soft_wrap=True)
 
 
 def _ms(summary: dict[str, float], p: float) -> str:

@@ -37,6 +37,7 @@ class Relay:
     servers: dict[int, asyncio.AbstractServer] = field(default_factory=dict)
     routes: dict[int, list[str]] = field(default_factory=dict)
     _turn: dict[int, int] = field(default_factory=dict)
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _seen: tuple[int, int] | None = None
 
     async def start(self) -> None:
@@ -71,21 +72,35 @@ class Relay:
                 print(f"relay: keeping the old config: {exc}", file=sys.stderr)
 
     async def handle(self, port: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # asyncio keeps only a weak hold on connection tasks: without this, the garbage collector could destroy
+        # a relay mid-transfer (seen as "Task was destroyed but it is pending" and a client EOF).
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)  # type: ignore[arg-type]
+        try:
+            await self.relay(port, reader, writer)
+        finally:
+            self._tasks.discard(task)  # type: ignore[arg-type]
+
+    async def relay(self, port: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         targets = self.routes.get(port, [])
         upstream = None
-        for attempt in range(len(targets)):
-            if self.fault == "sticky":
-                target = targets[0]
-            else:
-                turn = self._turn.get(port, 0)
-                self._turn[port] = turn + 1
-                target = targets[turn % len(targets)]
+        turn = self._turn.get(port, 0)
+        self._turn[port] = turn + 1
+        # Each target at most once, starting from this connection's turn.
+        order = (
+            [targets[0]]
+            if self.fault == "sticky"
+            else targets[turn % len(targets) :] + targets[: turn % len(targets)]
+        )
+        for attempt, target in enumerate(order):
             try:
                 host, tport = split_host_port(target)
                 upstream = await asyncio.wait_for(asyncio.open_connection(host, tport), 2.0)
                 break
-            except (OSError, TimeoutError, ValueError):
-                if self.fault == "no_failover" or attempt == len(targets) - 1:
+            except (OSError, TimeoutError, ValueError) as exc:
+                print(f"relay: {target}: {exc!r}", file=sys.stderr)
+                if self.fault == "no_failover" or attempt == len(order) - 1:
                     break
         if upstream is None:
             writer.close()
