@@ -51,8 +51,8 @@ class EchoProtocol(asyncio.Protocol):
         self._transport.write(data)
 
     def eof_received(self) -> bool:
-        # Half-close: finish sending what is buffered, then shut our side down too. Closing (which also waits
-        # for the buffer) matters: a half-closed transport is never closed for us, so each one leaked a socket.
+        # Half-close: finish sending what is buffered, then shut our side down too. Close as well (close also
+        # waits for the buffer): nothing ever closes a half-closed transport for us, so each one leaked.
         assert self._transport is not None
         self._transport.write_eof()
         self._transport.close()

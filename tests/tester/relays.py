@@ -72,8 +72,8 @@ class Relay:
                 print(f"relay: keeping the old config: {exc}", file=sys.stderr)
 
     async def handle(self, port: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        # asyncio keeps only a weak hold on connection tasks: without this, the garbage collector could destroy
-        # a relay mid-transfer (seen as "Task was destroyed but it is pending" and a client EOF).
+        # asyncio holds connection tasks weakly: without this set the garbage collector could destroy a relay
+        # mid-transfer (seen as "Task was destroyed but it is pending" and a client EOF).
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)  # type: ignore[arg-type]

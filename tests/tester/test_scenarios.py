@@ -141,7 +141,12 @@ def test_without_spawned_targets_attribution_is_unknown(
         ready.set()
         await asyncio.Event().wait()
 
-    thread = threading.Thread(target=lambda: loop.run_until_complete(serve()), daemon=True)
+    def run_loop() -> None:
+        task = loop.create_task(serve())
+        loop.run_forever()
+        task.cancel()
+
+    thread = threading.Thread(target=run_loop, daemon=True)
     thread.start()
     ready.wait(5)
     try:
