@@ -145,6 +145,7 @@ def test_without_spawned_targets_attribution_is_unknown(
         task = loop.create_task(serve())
         loop.run_forever()
         task.cancel()
+        loop.run_until_complete(asyncio.gather(task, return_exceptions=True))
 
     thread = threading.Thread(target=run_loop, daemon=True)
     thread.start()
