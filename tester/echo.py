@@ -21,16 +21,21 @@ import orjson
 import uvloop
 
 ConnectionHook = Callable[[str, "EchoProtocol"], None]
+CloseHook = Callable[["EchoProtocol"], None]
 
 
 class EchoProtocol(asyncio.Protocol):
     """Writes back what it reads; stops reading while the client is not reading (bounded memory)."""
 
-    def __init__(self, address: str, on_connection: ConnectionHook | None) -> None:
+    def __init__(
+        self, address: str, on_connection: ConnectionHook | None, on_close: CloseHook | None = None
+    ) -> None:
         self.address = address
         self.received = bytearray()
         self.keep_bytes = on_connection is not None
+        self.closed = False
         self._on_connection = on_connection
+        self._on_close = on_close
         self._transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -48,10 +53,17 @@ class EchoProtocol(asyncio.Protocol):
         self._transport.write(data)
 
     def eof_received(self) -> bool:
-        # Half-close: finish sending what is buffered, then shut our side down too.
+        # Half-close: finish sending what is buffered, then shut our side down too. Close as well (close also
+        # waits for the buffer): nothing ever closes a half-closed transport for us, so each one leaked.
         assert self._transport is not None
         self._transport.write_eof()
+        self._transport.close()
         return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self._on_close is not None:
+            self._on_close(self)
 
     def pause_writing(self) -> None:
         assert self._transport is not None
@@ -70,16 +82,19 @@ def parse_address(text: str) -> tuple[str, int]:
 
 
 async def start_echo(
-    addresses: list[str], on_connection: ConnectionHook | None = None
+    addresses: list[str], on_connection: ConnectionHook | None = None, on_close: CloseHook | None = None
 ) -> list[asyncio.AbstractServer]:
-    """Start one echo server per address on the running loop and return them."""
+    """Start one echo server per address on the running loop and return them.
+
+    `on_close` lets the tester count connections the proxy left open towards its targets.
+    """
     loop = asyncio.get_running_loop()
-    servers = []
+    servers: list[asyncio.AbstractServer] = []
     for address in addresses:
         host, port = parse_address(address)
         servers.append(
             await loop.create_server(
-                lambda a=address: EchoProtocol(a, on_connection),  # type: ignore[misc]
+                lambda a=address: EchoProtocol(a, on_connection, on_close),  # type: ignore[misc]
                 host,
                 port,
                 reuse_address=True,
