@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
-import socket
 import sys
 from collections.abc import Callable
 from typing import cast
@@ -39,10 +38,9 @@ class EchoProtocol(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop sets TCP_NODELAY itself. Never ask a uvloop transport for its "socket": with uvloop 0.23 the
+        # pseudo-socket it returns corrupts the heap under load ("double free or corruption").
         self._transport = cast(asyncio.Transport, transport)
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self._on_connection is not None:
             self._on_connection(self.address, self)
 
