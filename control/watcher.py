@@ -14,8 +14,10 @@ from pathlib import Path
 
 from inotify_simple import INotify, flags
 
+# MODIFY too: an in-place write in progress keeps pushing the reload back (the quiet period), so a reload
+# rarely reads a half-written file; when it does, that reload fails and the CLOSE_WRITE brings the next one.
 WATCH_FLAGS = (
-    flags.CLOSE_WRITE | flags.MOVED_TO | flags.MOVED_FROM | flags.CREATE | flags.DELETE | flags.ATTRIB
+    flags.MODIFY | flags.CLOSE_WRITE | flags.MOVED_TO | flags.MOVED_FROM | flags.CREATE | flags.DELETE | flags.ATTRIB
     | flags.DELETE_SELF | flags.MOVE_SELF
 )
 

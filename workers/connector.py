@@ -49,7 +49,7 @@ class Connector:
         assert route is not None
         stats = route.stats
         timeout = route.app.connect_timeout
-        tried: list[TargetState] = []
+        tried = relay.tried  # across replays too: each target at most once per client connection
         while True:
             state = choose(route.targets, time.monotonic(), self.rng, tried)
             if state is None:
@@ -64,7 +64,7 @@ class Connector:
                     )
             except (OSError, TimeoutError, ResolveError) as exc:
                 state.outstanding -= 1
-                self._failed(route.app.name, state, exc)
+                self.failed(route.app.name, state, exc)
                 if relay.finished:
                     return
                 stats.failovers += 1
@@ -88,7 +88,7 @@ class Connector:
                   app=route.app.name, worker=self.slot)
         relay.finish()
 
-    def _failed(self, app: str, state: TargetState, exc: BaseException) -> None:
+    def failed(self, app: str, state: TargetState, exc: BaseException) -> None:
         reason = failure_reason(exc)
         if mark_failed(state, time.monotonic()):
             detail = str(exc) or reason

@@ -5,6 +5,11 @@ Flow control: when one side's write buffer passes its high-water mark, the other
 drains, so memory per connection stays bounded however slow a reader is. EOF from one side becomes
 shutdown(SHUT_WR) towards the other while the other direction keeps flowing; a reset on one side becomes a
 reset on the other. Both sockets are closed exactly once, by `ClientSide.finish`.
+
+Until the target sends its first byte, the client's bytes are kept (up to REPLAY_LIMIT): a target that resets
+a connection before answering anything (a listener closed with connections in its queue, a process that died
+before accepting) is treated like a failed connect, and the same bytes go to the next target. The client
+never learns that the first target vanished.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ if TYPE_CHECKING:
 # Bytes a client may send before its upstream connection exists (uvloop resumes reading right after
 # connection_made, so a pause there does not hold). Past this the client is paused until the connect ends.
 EARLY_BYTES_LIMIT = 256 * 1024
+# Client bytes kept for a replay while the target has not answered; past this, no replay is possible.
+REPLAY_LIMIT = 64 * 1024
 WRITE_HIGH_WATER = 256 * 1024
 WRITE_LOW_WATER = 64 * 1024
 _LINGER_RESET = struct.pack("ii", 1, 0)
@@ -40,8 +47,8 @@ def _reset(transport: Any) -> None:
 
 class ClientSide(asyncio.Protocol):
     __slots__ = (
-        "active", "client", "client_eof", "connect_task", "early", "early_size", "finished", "idle_since",
-        "route", "target", "upstream", "upstream_eof", "worker",
+        "active", "client", "client_eof", "connect_task", "finished", "idle_since", "route", "target", "tried",
+        "unanswered", "unanswered_size", "upstream", "upstream_eof", "worker",
     )
 
     def __init__(self, worker: Worker, route: AppRoute | None) -> None:
@@ -50,8 +57,11 @@ class ClientSide(asyncio.Protocol):
         self.client: Any = None
         self.upstream: Any = None
         self.target: TargetState | None = None
-        self.early: list[bytes] | None = None
-        self.early_size = 0
+        # The client's bytes while the target has said nothing: sent on connect, kept for a replay. None once
+        # the target answered, or once too much was kept to replay.
+        self.unanswered: list[bytes] | None = []
+        self.unanswered_size = 0
+        self.tried: list[TargetState] = []
         self.client_eof = False
         self.upstream_eof = False
         self.finished = False
@@ -70,12 +80,16 @@ class ClientSide(asyncio.Protocol):
         upstream = self.upstream
         if upstream is not None:
             upstream.write(data)
-            return
-        if self.early is None:
-            self.early = []
-        self.early.append(data)
-        self.early_size += len(data)
-        if self.early_size > EARLY_BYTES_LIMIT:
+            if self.unanswered is None:
+                return
+            if self.unanswered_size + len(data) > REPLAY_LIMIT:
+                self.unanswered = None
+                return
+        elif self.unanswered is None:
+            self.unanswered = []  # Between targets after a replay was given up: hold what the next one gets.
+        self.unanswered.append(data)
+        self.unanswered_size += len(data)
+        if upstream is None and self.unanswered_size > EARLY_BYTES_LIMIT:
             self.client.pause_reading()
 
     def eof_received(self) -> bool:
@@ -103,13 +117,18 @@ class ClientSide(asyncio.Protocol):
         self.upstream = transport
         self.target = target
         transport.set_write_buffer_limits(WRITE_HIGH_WATER, WRITE_LOW_WATER)
-        if self.early is not None:
-            transport.writelines(self.early)
-            self.early = None
-            if self.early_size > EARLY_BYTES_LIMIT:
+        if self.unanswered:
+            transport.writelines(self.unanswered)
+            if self.unanswered_size > EARLY_BYTES_LIMIT:
                 self.client.resume_reading()
+            if self.unanswered_size > REPLAY_LIMIT:
+                self.unanswered = None
         if self.client_eof:
             transport.write_eof()
+
+    def upstream_answered(self) -> None:
+        self.unanswered = None
+        self.unanswered_size = 0
 
     def upstream_eof_received(self) -> None:
         self.upstream_eof = True
@@ -118,8 +137,17 @@ class ClientSide(asyncio.Protocol):
             self.finish()
 
     def upstream_lost(self, exc: Exception | None) -> None:
-        if not self.finished:
-            self.finish(reset=exc is not None)
+        if self.finished:
+            return
+        if self.unanswered is not None and isinstance(exc, ConnectionResetError) and not self.upstream_eof:
+            # Reset before a single byte came back: the target never took this connection. Try another.
+            target, self.target, self.upstream = self.target, None, None
+            if target is not None:
+                target.outstanding -= 1
+            self.client.resume_reading()
+            self.worker.retry(self, target, exc)
+            return
+        self.finish(reset=exc is not None)
 
     # --- the end -------------------------------------------------------------------------------------
     def finish(self, reset: bool = False) -> None:
@@ -155,6 +183,8 @@ class UpstreamSide(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         relay = self.relay
         relay.active = True
+        if relay.unanswered is not None:
+            relay.upstream_answered()
         relay.client.write(data)
 
     def eof_received(self) -> bool:

@@ -20,6 +20,7 @@ from typing import Any
 import setproctitle
 import uvloop
 
+from proxy.balancer import TargetState
 from proxy.framing import FrameDecoder, FramingError, encode
 from proxy.logs import log_event
 from proxy.snapshot import Snapshot
@@ -104,6 +105,15 @@ class Worker:
         route.stats.total += 1
         relay.idle_since = time.monotonic()
         self.relays.add(relay)
+        relay.connect_task = self.loop.create_task(self.connector.connect(relay))
+
+    def retry(self, relay: ClientSide, target: TargetState | None, exc: BaseException) -> None:
+        """The target reset the connection before answering: count it as a failed connect, try the next."""
+        route = relay.route
+        assert route is not None
+        if target is not None:
+            self.connector.failed(route.app.name, target, exc)
+        route.stats.failovers += 1
         relay.connect_task = self.loop.create_task(self.connector.connect(relay))
 
     def finished(self, relay: ClientSide) -> None:

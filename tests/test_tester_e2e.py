@@ -1,0 +1,44 @@
+"""The proxy testing program against the real skiff on the shipped topology (config.json)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tests.support import PYTHON, ROOT, Skiff
+
+
+@pytest.fixture
+def shipped(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """skiff on a copy of the shipped config.json (the reload scenario rewrites its file)."""
+    config = tmp_path / "config.json"
+    shutil.copy(ROOT / "config.json", config)
+    skiff = Skiff(config, workers=2)
+    yield skiff
+    assert skiff.stop() == 0
+
+
+def run_tester(scenario: str, config: Path, tmp_path: Path, *args: str) -> dict[str, object]:
+    report = tmp_path / f"{scenario}.json"
+    done = subprocess.run(
+        [PYTHON, "-m", "tester", scenario, "-c", str(config), "--spawn-targets", "--wait-ready", "10", "--quiet",
+         "--json", str(report), *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, f"tester {scenario} failed:\n{done.stdout}\n{done.stderr}"
+    result: dict[str, object] = orjson.loads(report.read_bytes())
+    return result
+
+
+@pytest.mark.parametrize("scenario", ["smoke", "balance", "failover", "reload"])
+def test_tester_passes_against_skiff(shipped: Skiff, tmp_path: Path, scenario: str) -> None:
+    """1. skiff serves the shipped apps (six-thousand keeps its unresolvable target). 2. The tester starts
+    the loopback targets itself and runs the scenario. 3. Every check passes."""
+    extra = {"balance": ["--connections", "120"], "reload": ["--duration", "3"]}.get(scenario, [])
+    result = run_tester(scenario, shipped.config, tmp_path, *extra)
+    assert result["ok"] is True
+    assert "Traceback" not in shipped.log
