@@ -33,7 +33,7 @@ bpf: system-deps
 	$(MAKE) -C bpf
 
 run: setup
-	bash scripts/run-demo.sh config.json -w $(WORKERS)
+	bash scripts/run-demo.sh config.json -w $(WORKERS) --steering auto
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -53,11 +53,12 @@ class ConfigWatcher:
                     raise
 
     def fileno(self) -> int:
-        return self.inotify.fileno()
+        fd: int = self.inotify.fileno()
+        return fd
 
     def read(self) -> int:
         """Consume pending events; returns how many there were (any event may be a change)."""
-        count = len(self.inotify.read(timeout=0))
+        count: int = len(self.inotify.read(timeout=0))
         if count:
             self.follow()
         return count

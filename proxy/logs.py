@@ -22,7 +22,9 @@ def _timestamp(record: logging.LogRecord) -> str:
 
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        line = f"{_timestamp(record)} {record.levelname:<7} {record.name}: {record.getMessage()}"
+        worker = getattr(record, "worker", None)
+        speaker = f"worker {worker}" if record.name == "worker" and worker is not None else record.name
+        line = f"{_timestamp(record)} {record.levelname:<7} {speaker}: {record.getMessage()}"
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line

@@ -45,6 +45,6 @@ def drain(listener: Listener, factory: Callable[[], asyncio.Protocol]) -> list[a
         except OSError:
             break  # e.g. EMFILE: the rest of the queue is reset when the socket closes.
         conn.setblocking(False)
-        tasks.append(loop.create_task(loop.connect_accepted_socket(factory, conn)))  # type: ignore[arg-type]
+        tasks.append(loop.create_task(loop.connect_accepted_socket(factory, conn)))
     listener.sock.close()
     return tasks

@@ -59,8 +59,10 @@ def test_plan_of_identical_configs_is_empty() -> None:
 
 
 # --- framing -----------------------------------------------------------------------------------------
-@given(st.lists(st.dictionaries(st.text(max_size=5), st.integers(-(2**63), 2**63 - 1) | st.text(max_size=20), max_size=4),
-                min_size=1, max_size=6), st.data())
+values = st.integers(-(2**63), 2**63 - 1) | st.text(max_size=20)
+
+
+@given(st.lists(st.dictionaries(st.text(max_size=5), values, max_size=4), min_size=1, max_size=6), st.data())
 def test_frames_survive_any_split(messages: list[dict[str, object]], data: st.DataObject) -> None:
     stream = b"".join(encode({"m": m}) for m in messages)
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=8)))
