@@ -9,7 +9,9 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +23,8 @@ DEFAULT_CONNECT_TIMEOUT = 2.0
 DEFAULT_IDLE_TIMEOUT = 3600.0
 
 REQUIRED_APP_FIELDS = ("Name", "Ports", "Targets")
-# Field name -> (lowest allowed, highest allowed) in seconds.
-OPTIONAL_APP_FIELDS: dict[str, tuple[float, float]] = {
-    "ConnectTimeout": (0.001, 300.0),
-    "IdleTimeout": (0.001, 7 * 86400.0),
-}
+PROXY_PROTOCOLS = ("v1", "v2")
+MAX_CONNECTIONS = 10_000_000  # the highest limit a config may set; far above what one host can hold
 
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,62}))*\.?$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -43,12 +42,32 @@ class Target:
 
 
 @dataclass(frozen=True, slots=True)
+class HealthCheck:
+    """Active TCP connect checks, like Fly's `tcp_checks`: `fall` failures in a row take a target out of
+    rotation, `rise` successes in a row put it back."""
+
+    interval: float = 1.0
+    timeout: float = 0.5
+    rise: int = 2
+    fall: int = 3
+
+    def to_document(self) -> dict[str, Any]:
+        return {"Interval": self.interval, "Timeout": self.timeout, "Rise": self.rise, "Fall": self.fall}
+
+
+@dataclass(frozen=True, slots=True)
 class App:
     name: str
     ports: tuple[int, ...]
     targets: tuple[Target, ...]
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    half_close_timeout: float | None = None  # None: a half-closed connection lingers until IdleTimeout
+    soft_limit: int | None = None  # connections per target (all workers) before it is avoided
+    hard_limit: int | None = None  # connections per app (all workers) before new clients are refused
+    max_conns: int | None = None  # connections per target (all workers) it never exceeds
+    health_check: HealthCheck | None = None
+    proxy_protocol: str | None = None  # "v1" or "v2"
 
     def to_document(self) -> dict[str, Any]:
         document: dict[str, Any] = {
@@ -60,6 +79,13 @@ class App:
             document["ConnectTimeout"] = self.connect_timeout
         if self.idle_timeout != DEFAULT_IDLE_TIMEOUT:
             document["IdleTimeout"] = self.idle_timeout
+        for name, value in (("HalfCloseTimeout", self.half_close_timeout), ("SoftLimit", self.soft_limit),
+                            ("HardLimit", self.hard_limit), ("MaxConns", self.max_conns),
+                            ("ProxyProtocol", self.proxy_protocol)):
+            if value is not None:
+                document[name] = value
+        if self.health_check is not None:
+            document["HealthCheck"] = self.health_check.to_document()
         return document
 
 
@@ -145,16 +171,19 @@ def _parse_app(path: str, doc: Any) -> App:
         if name not in known:
             raise ConfigError(f"{path}.{name}", f"unknown field (known: {', '.join(sorted(known))})")
     options = {
-        _snake(name): _parse_seconds(f"{path}.{name}", doc[name], *bounds)
-        for name, bounds in OPTIONAL_APP_FIELDS.items()
+        _snake(name): parse(f"{path}.{name}", doc[name])
+        for name, parse in OPTIONAL_APP_FIELDS.items()
         if name in doc
     }
-    return App(
+    app = App(
         name=_parse_name(f"{path}.Name", doc["Name"]),
         ports=_parse_ports(f"{path}.Ports", doc["Ports"]),
         targets=_parse_targets(f"{path}.Targets", doc["Targets"]),
         **options,
     )
+    if app.soft_limit is not None and app.max_conns is not None and app.soft_limit > app.max_conns:
+        raise ConfigError(f"{path}.SoftLimit", f"{app.soft_limit} is above MaxConns ({app.max_conns})")
+    return app
 
 
 def _snake(name: str) -> str:
@@ -238,6 +267,60 @@ def _parse_seconds(path: str, value: Any, lowest: float, highest: float) -> floa
     if not lowest <= value <= highest:
         raise ConfigError(path, f"{value} is outside {lowest:g}-{highest:g} seconds")
     return float(value)
+
+
+def _parse_count(path: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(path, f"{_show(value)} is not a number of connections (a whole number)")
+    if not 1 <= value <= MAX_CONNECTIONS:
+        raise ConfigError(path, f"{value} is outside 1-{MAX_CONNECTIONS}")
+    return value
+
+
+def _parse_proxy_protocol(path: str, value: Any) -> str:
+    if value not in PROXY_PROTOCOLS:
+        raise ConfigError(path, f'{_show(value)} is not "v1" or "v2"')
+    return str(value)
+
+
+def _parse_health_check(path: str, value: Any) -> HealthCheck:
+    if not isinstance(value, dict):
+        raise ConfigError(path, f"must be an object with Interval, Timeout, Rise, Fall, not {_kind(value)}")
+    fields: dict[str, Callable[[str, Any], Any]] = {
+        "Interval": partial(_parse_seconds, lowest=0.05, highest=3600.0),
+        "Timeout": partial(_parse_seconds, lowest=0.01, highest=300.0),
+        "Rise": partial(_parse_small_count, highest=100),
+        "Fall": partial(_parse_small_count, highest=100),
+    }
+    for name in value:
+        if name not in fields:
+            raise ConfigError(f"{path}.{name}", f"unknown field (known: {', '.join(fields)})")
+    check = HealthCheck(**{name.lower(): parse(f"{path}.{name}", value[name])
+                           for name, parse in fields.items() if name in value})
+    if check.timeout > check.interval:
+        raise ConfigError(f"{path}.Timeout", f"{check.timeout:g} is longer than Interval ({check.interval:g})")
+    return check
+
+
+def _parse_small_count(path: str, value: Any, highest: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(path, f"{_show(value)} is not a whole number")
+    if not 1 <= value <= highest:
+        raise ConfigError(path, f"{value} is outside 1-{highest}")
+    return value
+
+
+# Field name -> its parser (path, value) -> value; documented in README.md's Configuration table.
+OPTIONAL_APP_FIELDS: dict[str, Callable[[str, Any], Any]] = {
+    "ConnectTimeout": partial(_parse_seconds, lowest=0.001, highest=300.0),
+    "IdleTimeout": partial(_parse_seconds, lowest=0.001, highest=7 * 86400.0),
+    "HalfCloseTimeout": partial(_parse_seconds, lowest=0.001, highest=7 * 86400.0),
+    "SoftLimit": _parse_count,
+    "HardLimit": _parse_count,
+    "MaxConns": _parse_count,
+    "HealthCheck": _parse_health_check,
+    "ProxyProtocol": _parse_proxy_protocol,
+}
 
 
 def _kind(value: Any) -> str:
