@@ -1,7 +1,9 @@
 """Balancing: power of two choices over least-outstanding connections, skipping targets marked down.
 
 Pure: plain state and a random source in, a choice out. Passive health lives here too: a failed connect marks a
-target down with exponential backoff; once the backoff has passed the target is tried again.
+target down with exponential backoff; once the backoff has passed the target is tried again. When the workers
+share counts (proxy/counters.py), a target's load is its connections across every worker and an active health
+check's verdict takes it out of rotation; limits (SoftLimit, MaxConns) apply to that load.
 """
 
 from __future__ import annotations
@@ -9,11 +11,22 @@ from __future__ import annotations
 import random
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from proxy.config import Target
 
 BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 30.0
+
+
+class Shared(Protocol):
+    """A target's cell in the table every worker shares."""
+
+    def add(self, delta: int) -> None: ...
+
+    def total(self) -> int: ...
+
+    def healthy(self) -> bool: ...
 
 
 @dataclass(slots=True, eq=False)
@@ -24,9 +37,24 @@ class TargetState:
     outstanding: int = 0
     failures: int = 0
     down_until: float = 0.0  # monotonic seconds; at or before now means the target may be tried
+    shared: Shared | None = None
 
     def is_up(self, now: float) -> bool:
-        return self.down_until <= now
+        return self.down_until <= now and (self.shared is None or self.shared.healthy())
+
+    def load(self) -> int:
+        """Connections to this target: across every worker when counts are shared, else this worker's."""
+        return self.outstanding if self.shared is None else self.shared.total()
+
+    def hold(self) -> None:
+        self.outstanding += 1
+        if self.shared is not None:
+            self.shared.add(1)
+
+    def release(self) -> None:
+        self.outstanding -= 1
+        if self.shared is not None:
+            self.shared.add(-1)
 
     @property
     def marked_down(self) -> bool:
@@ -53,29 +81,35 @@ def mark_ok(state: TargetState) -> bool:
 
 
 def choose(
-    states: Sequence[TargetState], now: float, rng: random.Random, tried: Collection[TargetState] = ()
+    states: Sequence[TargetState], now: float, rng: random.Random, tried: Collection[TargetState] = (),
+    soft_limit: int | None = None, max_conns: int | None = None,
 ) -> TargetState | None:
-    """Pick the next target to try, never one in `tried`.
+    """Pick the next target to try, never one in `tried` and never one at `max_conns`; None when none is left.
 
-    Two random candidates among the targets that are up; the one with fewer outstanding connections wins. When
-    none is up, the target due soonest is tried anyway: a stale mark must not refuse a client.
+    Two random candidates among the targets that are up (and, if any is, below `soft_limit`); the one with fewer
+    connections wins. When none is up, the target due soonest is tried anyway: a stale mark must not refuse a
+    client.
     """
-    if not tried and len(states) >= 2:
+    if not tried and soft_limit is None and max_conns is None and len(states) >= 2:
         # Fast path for the common case: two distinct random picks, both up.
         i = rng.randrange(len(states))
         j = rng.randrange(len(states) - 1)
         if j >= i:
             j += 1
         a, b = states[i], states[j]
-        if a.down_until <= now and b.down_until <= now:
-            return a if a.outstanding <= b.outstanding else b
+        if a.is_up(now) and b.is_up(now):
+            return a if a.load() <= b.load() else b
     candidates = [s for s in states if s not in tried]
+    if max_conns is not None:
+        candidates = [s for s in candidates if s.load() < max_conns]
     if not candidates:
         return None
-    up = [s for s in candidates if s.down_until <= now]
+    up = [s for s in candidates if s.is_up(now)]
     if not up:
         return min(candidates, key=lambda s: s.down_until)
+    if soft_limit is not None:
+        up = [s for s in up if s.load() < soft_limit] or up
     if len(up) == 1:
         return up[0]
     a, b = rng.sample(up, 2)
-    return a if a.outstanding <= b.outstanding else b
+    return a if a.load() <= b.load() else b

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -18,13 +19,18 @@ class Snapshot:
     version: int
     digest: str
     config: Config
+    # App and (app, target) key -> counter cell in the shared table (proxy/counters.py); assigned by the
+    # supervisor, not part of the content, so not part of the digest.
+    cells: Mapping[str, int] = field(default_factory=dict)
 
     def to_wire(self) -> dict[str, Any]:
-        return {"version": self.version, "digest": self.digest, "config": self.config.to_document()}
+        return {"version": self.version, "digest": self.digest, "config": self.config.to_document(),
+                "cells": dict(self.cells)}
 
     @classmethod
     def from_wire(cls, message: dict[str, Any]) -> Snapshot:
-        return cls(int(message["version"]), str(message["digest"]), parse_document(message["config"]))
+        return cls(int(message["version"]), str(message["digest"]), parse_document(message["config"]),
+                   dict(message.get("cells", {})))
 
 
 def digest_of(config: Config) -> str:
