@@ -15,7 +15,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +27,7 @@ from control.handle import WorkerHandle, WorkerState
 from control.sockets import ListenError, SocketTable, enable_request_migration, open_group_listeners
 from control.watcher import ConfigWatcher
 from proxy.config import load_config
+from proxy.counters import CellMap, CounterTable
 from proxy.errors import ConfigError
 from proxy.framing import FramingError, encode
 from proxy.logs import log_event
@@ -89,7 +90,11 @@ class ReloadStatus:
 class Supervisor:
     def __init__(self, options: Options, snapshot: Snapshot) -> None:
         self.options = options
-        self.snapshot = snapshot
+        # Connection counts and health verdicts every worker shares (limits hold across workers): created
+        # before any fork, so every worker, respawned ones too, maps the same pages.
+        self.counters = CounterTable(options.workers)
+        self.cells = CellMap().assign(snapshot.config, snapshot.version, snapshot.version, self.counters.is_zero)
+        self.snapshot = replace(snapshot, cells=self.cells.cells)
         self.sockets = SocketTable(options.bind, options.workers)
         self.steering: Steering | None = None
         self.group_sockets: list[socket.socket] = []  # bpf mode: one listener per worker slot
@@ -264,6 +269,7 @@ class Supervisor:
     # --- workers -------------------------------------------------------------------------------------
     def spawn(self, slot: int) -> None:
         parent_end, child_end = socket.socketpair()
+        self.counters.zero_row(slot)  # the previous worker's connections died with it
         pid = os.fork()
         if pid == 0:  # the child
             code = EXIT_CRASHED
@@ -271,7 +277,8 @@ class Supervisor:
                 parent_end.close()
                 self.forget_in_child(slot, child_end)
                 code = worker_main(slot, child_end, self.listeners_for(slot), self.snapshot,
-                                   WorkerOptions(grace=self.options.grace, steered=self.steering is not None))
+                                   WorkerOptions(grace=self.options.grace, steered=self.steering is not None,
+                                                 counters=self.counters))
             except BaseException:
                 log.exception("worker %d failed to start", slot, extra={"event": "worker_crashed", "worker": slot})
             finally:
@@ -443,12 +450,18 @@ class Supervisor:
             return
         change = plan(current.config, config)
         steered = self.steering is not None
+        settled = min((h.acked_version for h in self.handles.values()), default=current.version)
         try:
+            cells = self.cells.assign(config, new.version, settled, self.counters.is_zero)
             if not steered:
                 self.sockets.open_ports(change.added_ports)  # Sockets exist in every slot before any worker is told.
-        except ListenError as exc:
+        except (ConfigError, ListenError) as exc:
             self.reload_failed(trigger, str(exc))
             return
+        for cell in cells.new_cells(self.cells):
+            self.counters.set_health(cell, 0)  # a reused cell starts in rotation, like any new target
+        self.cells = cells
+        new = replace(new, cells=cells.cells)
         self.snapshot = new
         self.pending.append(PendingReload(new.version, time.monotonic(), change, config.ports))
         added = [] if steered else sorted(change.added_ports)

@@ -1,7 +1,9 @@
 """Connect with failover: try the app's targets, each at most once, within a per-attempt timeout.
 
 A failed attempt (refused, unreachable, timeout, DNS failure) marks the target down with backoff and moves on;
-the client only sees a failure when every target of its app has failed for this connection.
+the client only sees a failure when every target of its app has failed for this connection. Targets at the
+app's MaxConns are skipped; when only those are left the client is refused. Running out of file descriptors
+is this process's problem, not the target's: it never marks a target down.
 """
 
 from __future__ import annotations
@@ -20,9 +22,12 @@ from workers.resolver import ResolveError, Resolver
 from workers.routes import literal_address
 
 if TYPE_CHECKING:
+    from workers.policy import Policy
     from workers.relay import ClientSide
 
 log = logging.getLogger("worker")
+
+FD_EXHAUSTED = (errno.EMFILE, errno.ENFILE)
 
 
 def failure_reason(exc: BaseException) -> str:
@@ -38,24 +43,31 @@ def failure_reason(exc: BaseException) -> str:
 
 
 class Connector:
-    def __init__(self, slot: int, resolver: Resolver, rng: random.Random) -> None:
+    def __init__(self, slot: int, resolver: Resolver, rng: random.Random, policy: Policy | None = None) -> None:
         self.slot = slot
         self.resolver = resolver
         self.rng = rng
+        self.policy = policy
         self.loop = asyncio.get_running_loop()
 
     async def connect(self, relay: ClientSide) -> None:
         route = relay.route
         assert route is not None
         stats = route.stats
-        timeout = route.app.connect_timeout
+        app = route.app
+        timeout = app.connect_timeout
         tried = relay.tried  # across replays too: each target at most once per client connection
+        full = False
         while True:
-            state = choose(route.targets, time.monotonic(), self.rng, tried)
+            state = choose(route.targets, time.monotonic(), self.rng, tried, app.soft_limit, app.max_conns)
             if state is None:
                 break
             tried.append(state)
-            state.outstanding += 1
+            state.hold()
+            if app.max_conns is not None and state.load() > app.max_conns:
+                state.release()  # Another worker took the last place first; counting first keeps the limit.
+                full = True
+                continue
             try:
                 async with asyncio.timeout(timeout):
                     host = literal_address(state.target.host) or await self.resolver.resolve(state.target.host)
@@ -63,7 +75,12 @@ class Connector:
                         lambda s=state: UpstreamSide(relay, s), host, state.target.port  # type: ignore[misc]
                     )
             except (OSError, TimeoutError, ResolveError) as exc:
-                state.outstanding -= 1
+                state.release()
+                if isinstance(exc, OSError) and exc.errno in FD_EXHAUSTED:
+                    if self.policy is not None:
+                        self.policy.fds_exhausted(exc)
+                    relay.finish()
+                    return
                 self.failed(route.app.name, state, exc)
                 if relay.finished:
                     return
@@ -73,14 +90,19 @@ class Connector:
                 # The client left while we were connecting. Once the upstream is attached, the relay's own
                 # finish() accounts for the target; before that, we do.
                 if relay.target is not state:
-                    state.outstanding -= 1
+                    state.release()
                 raise
             if relay.target is not state:
-                state.outstanding -= 1  # Connected, but the client had already left.
+                state.release()  # Connected, but the client had already left.
                 return
             if mark_ok(state):
                 log_event(log, logging.INFO, "target_up", f"target {state.target} of app {route.app.name} is up",
                           app=route.app.name, target=str(state.target), worker=self.slot)
+            return
+        if app.max_conns is not None and (full or any(s not in tried for s in route.targets)):
+            if self.policy is not None:
+                self.policy.refuse(route, f"every target is at MaxConns ({app.max_conns})")
+            relay.finish()
             return
         stats.failed += 1
         log_event(log, logging.DEBUG, "connect_failed",

@@ -6,6 +6,9 @@ drains, so memory per connection stays bounded however slow a reader is. EOF fro
 shutdown(SHUT_WR) towards the other while the other direction keeps flowing; a reset on one side becomes a
 reset on the other. Both sockets are closed exactly once, by `ClientSide.finish`.
 
+With `"ProxyProtocol"`, the header (built once at accept) goes first on every upstream connection, a replay's
+too. With `"HalfCloseTimeout"`, once one side has sent EOF the other must finish within that many seconds.
+
 Until the target sends its first byte, the client's bytes are kept (up to REPLAY_LIMIT): a target that resets
 a connection before answering anything (a listener closed with connections in its queue, a process that died
 before accepting) is treated like a failed connect, and the same bytes go to the next target. The client
@@ -47,8 +50,8 @@ def _reset(transport: Any) -> None:
 
 class ClientSide(asyncio.Protocol):
     __slots__ = (
-        "active", "client", "client_eof", "connect_task", "finished", "idle_since", "route", "target", "tried",
-        "unanswered", "unanswered_size", "upstream", "upstream_eof", "worker",
+        "active", "client", "client_eof", "connect_task", "finished", "header", "idle_since", "linger", "route",
+        "target", "tried", "unanswered", "unanswered_size", "upstream", "upstream_eof", "worker",
     )
 
     def __init__(self, worker: Worker, route: AppRoute | None) -> None:
@@ -68,6 +71,8 @@ class ClientSide(asyncio.Protocol):
         self.active = True
         self.idle_since = 0.0
         self.connect_task: asyncio.Task[None] | None = None
+        self.header: bytes | None = None  # PROXY protocol header, first on every upstream connection
+        self.linger: asyncio.TimerHandle | None = None  # HalfCloseTimeout, from the first EOF
 
     # --- client events -------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -98,7 +103,15 @@ class ClientSide(asyncio.Protocol):
             self.upstream.write_eof()
             if self.upstream_eof:
                 self.finish()
+                return True
+        self.half_closed()
         return True  # Keep the client open for the upstream's remaining bytes.
+
+    def half_closed(self) -> None:
+        """One side has sent EOF: the other has the app's HalfCloseTimeout to finish."""
+        timeout = self.route.app.half_close_timeout if self.route is not None else None
+        if timeout is not None and self.linger is None:
+            self.linger = self.worker.loop.call_later(timeout, self.finish)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.finished:
@@ -117,6 +130,8 @@ class ClientSide(asyncio.Protocol):
         self.upstream = transport
         self.target = target
         transport.set_write_buffer_limits(WRITE_HIGH_WATER, WRITE_LOW_WATER)
+        if self.header is not None:
+            transport.write(self.header)
         if self.unanswered:
             transport.writelines(self.unanswered)
             if self.unanswered_size > EARLY_BYTES_LIMIT:
@@ -135,6 +150,8 @@ class ClientSide(asyncio.Protocol):
         self.client.write_eof()
         if self.client_eof:
             self.finish()
+        else:
+            self.half_closed()
 
     def upstream_lost(self, exc: Exception | None) -> None:
         if self.finished:
@@ -143,7 +160,7 @@ class ClientSide(asyncio.Protocol):
             # Reset before a single byte came back: the target never took this connection. Try another.
             target, self.target, self.upstream = self.target, None, None
             if target is not None:
-                target.outstanding -= 1
+                target.release()
             self.client.resume_reading()
             self.worker.retry(self, target, exc)
             return
@@ -155,6 +172,8 @@ class ClientSide(asyncio.Protocol):
         if self.finished:
             return
         self.finished = True
+        if self.linger is not None:
+            self.linger.cancel()
         if self.connect_task is not None and not self.connect_task.done():
             self.connect_task.cancel()
         for transport in (self.client, self.upstream):

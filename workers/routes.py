@@ -6,7 +6,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from proxy.balancer import TargetState
+from proxy.balancer import Shared, TargetState
 from proxy.config import App, Config
 
 
@@ -18,6 +18,7 @@ class AppStats:
     total: int = 0
     failed: int = 0
     failovers: int = 0
+    refused: int = 0  # at HardLimit, or every target at MaxConns
 
 
 @dataclass(slots=True, eq=False)
@@ -27,6 +28,7 @@ class AppRoute:
     app: App
     targets: list[TargetState]
     stats: AppStats = field(default_factory=AppStats)
+    shared: Shared | None = None  # the app's connection count across workers (bound by workers.policy)
 
 
 @dataclass(slots=True)

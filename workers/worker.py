@@ -20,12 +20,17 @@ from typing import Any
 import setproctitle
 import uvloop
 
+from proxy import proxyproto
 from proxy.balancer import TargetState
+from proxy.counters import CounterTable
 from proxy.framing import FrameDecoder, FramingError, encode
 from proxy.logs import log_event
 from proxy.snapshot import Snapshot
 from workers.connector import Connector
+from workers.fdguard import AcceptGuard
+from workers.health import HealthChecker
 from workers.listeners import Listener, drain, serve
+from workers.policy import Policy
 from workers.relay import ClientSide
 from workers.resolver import Resolver
 from workers.routes import AppRoute, RoutingTable, build_table
@@ -43,6 +48,7 @@ FAILPOINT_ENV = "SKIFF_FAILPOINT"  # test-only fault injection: "worker-boot" ma
 class WorkerOptions:
     grace: float
     steered: bool = False  # bpf mode: one listener for every port; the accepted socket names the port
+    counters: CounterTable | None = None  # shared by every worker: limits and health verdicts
 
 
 class Worker:
@@ -59,7 +65,13 @@ class Worker:
         self.relays: set[ClientSide] = set()
         self.adopting: set[asyncio.Task[object]] = set()  # queued connections taken over from a draining listener
         self.loop = asyncio.get_running_loop()
-        self.connector = Connector(slot, Resolver(), random.Random())
+        self.guard = AcceptGuard(slot, self.pause_accepting, self.resume_accepting)
+        self.policy = Policy(slot, options.counters, self.guard.exhausted)
+        self.policy.bind(self.table, snapshot.cells)
+        resolver = Resolver()
+        self.health = HealthChecker(slot, options.counters, resolver) if options.counters is not None else None
+        self.resuming: set[asyncio.Task[None]] = set()
+        self.connector = Connector(slot, resolver, random.Random(), self.policy)
         self.decoder = FrameDecoder()
         self.fds: collections.deque[int] = collections.deque()
         self.incoming: dict[int, socket.socket] = {}  # listening sockets for ports the next snapshot adds
@@ -98,13 +110,18 @@ class Worker:
             sockname = relay.client.get_extra_info("sockname")
             relay.route = self.route_for(sockname[1]) if sockname else None
         route = relay.route
-        if route is None:
-            relay.finish()  # Not ours any more: a port removed between accept and now.
+        if route is None or not self.policy.admit(route):
+            relay.finish()  # Not ours any more (a port removed between accept and now), or at HardLimit.
             return
         route.stats.active += 1
         route.stats.total += 1
         relay.idle_since = time.monotonic()
         self.relays.add(relay)
+        self.guard.check(2 * len(self.relays))
+        if route.app.proxy_protocol is not None:
+            client = relay.client
+            relay.header = proxyproto.encode(route.app.proxy_protocol, client.get_extra_info("peername"),
+                                             client.get_extra_info("sockname"))
         relay.connect_task = self.loop.create_task(self.connector.connect(relay))
 
     def retry(self, relay: ClientSide, target: TargetState | None, exc: BaseException) -> None:
@@ -121,9 +138,32 @@ class Worker:
             self.relays.discard(relay)
             assert relay.route is not None
             relay.route.stats.active -= 1
+            self.policy.release(relay.route)
+            self.guard.relieved(2 * len(self.relays))
         if relay.target is not None:
-            relay.target.outstanding -= 1
+            relay.target.release()
         self.check_stopped()
+
+    def pause_accepting(self) -> None:
+        """Out of file descriptors soon: stop uvloop's servers; the listening sockets keep queueing."""
+        for listener in self.listeners.values():
+            if listener.server is not None:
+                listener.server.close()
+                listener.server = None
+
+    def resume_accepting(self) -> None:
+        if self.stopping:
+            return
+        for port, listener in self.listeners.items():
+            if listener.server is None:
+                task = self.loop.create_task(serve(listener, self.factory_for(port)))
+                self.resuming.add(task)
+                task.add_done_callback(self._resumed)
+
+    def _resumed(self, task: asyncio.Task[None]) -> None:
+        self.resuming.discard(task)
+        if not task.cancelled() and isinstance(task.exception(), OSError):
+            self.guard.exhausted()  # e.g. EMFILE duplicating the socket: try again shortly
 
     def sweep_idle(self) -> None:
         now = time.monotonic()
@@ -195,6 +235,9 @@ class Worker:
             return
         old_table = self.table
         self.table = build_table(snapshot.version, snapshot.config, old_table)
+        self.policy.bind(self.table, snapshot.cells)
+        if self.health is not None and not self.stopping:
+            self.health.apply(self.table, snapshot.cells)
         self.retired = {p: r for p, r in old_table.by_port.items() if p not in self.table.by_port}
         self.snapshot = snapshot
         removed = [] if self.options.steered else [
@@ -209,6 +252,7 @@ class Worker:
         for listener in removed:
             # Connections queued on a removed port were made under the old config: serve them by it.
             self.drain(listener, self.factory_for(listener.port))
+        self.guard.recount(2 * len(self.relays))
         setproctitle.setproctitle(f"skiff: worker {self.slot} (config v{snapshot.version})")
         self.send({"t": "ack", "version": snapshot.version, "ms": round((time.perf_counter() - started) * 1000, 2)})
 
@@ -219,6 +263,9 @@ class Worker:
         for port, listener in self.listeners.items():
             await serve(listener, self.factory_for(port))
         control = self.loop.create_task(self.handle_control())
+        self.guard.recount(0)
+        if self.health is not None:
+            self.health.apply(self.table, self.snapshot.cells)
         self.loop.call_later(self.sweep_interval(), self.sweep_idle)
         self.send({"t": "ready", "version": self.snapshot.version, "pid": os.getpid()})
         await self.stopped.wait()
@@ -233,6 +280,8 @@ class Worker:
             self.force_stop()
             return
         self.stopping = True
+        if self.health is not None:
+            self.health.stop()
         for listener in self.listeners.values():
             self.drain(listener, self.factory_for(listener.port))
         self.listeners.clear()
@@ -251,7 +300,7 @@ class Worker:
             "apps": {
                 name: {
                     "active": route.stats.active, "total": route.stats.total, "failed": route.stats.failed,
-                    "failovers": route.stats.failovers,
+                    "failovers": route.stats.failovers, "refused": route.stats.refused,
                     "targets": {
                         str(t.target): {"outstanding": t.outstanding, "up": t.is_up(now), "failures": t.failures}
                         for t in route.targets
