@@ -121,7 +121,7 @@ class Skiff:
     """A real supervisor process; its log (stderr) is collected in the background."""
 
     def __init__(self, config: Path, *args: str, workers: int = 2, env: dict[str, str] | None = None,
-                 wait_ready: bool = True) -> None:
+                 wait_ready: bool = True, preexec_fn: Any = None) -> None:
         self.config = config
         self.lines: list[str] = []
         self._lock = threading.Lock()
@@ -129,6 +129,7 @@ class Skiff:
             [PYTHON, str(ROOT / "supervisor.py"), "-c", str(config), "-w", str(workers), "--bind", "127.0.0.1",
              "--grace", "5", *args],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+            preexec_fn=preexec_fn,
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
