@@ -18,7 +18,7 @@ def open_held(port: int, n: int, timeout: float = 3.0) -> tuple[list[socket.sock
     close those that end without an answer (refused). Returns (admitted sockets, refused count)."""
     admitted: list[socket.socket] = []
     refused = 0
-    for i in range(n):
+    for _ in range(n):
         sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         try:
             sock.sendall(b"x")

@@ -86,7 +86,7 @@ def test_health_checks_take_a_target_out_and_put_it_back(start_skiff: Callable[.
         flaky.start()
         skiff.wait_log(rf"target 127.0.0.1:{p1} of app checked passed 2 health checks: back in rotation")
         before = flaky.accepted
-        for i in range(20):
+        for _ in range(20):
             assert echo_roundtrip(listen, b"y") == b"y"
         assert flaky.accepted - before >= 3  # back in rotation (health checks add a few too)
         assert len(re.findall("out of rotation", skiff.log)) == 1
