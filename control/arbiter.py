@@ -208,6 +208,10 @@ class Supervisor:
             if self.stopping and not self.handles:
                 break
             for key, _ in self.selector.select(self.next_timeout()):
+                # An earlier callback of this same batch may have unregistered this one (a reaped worker's
+                # channel): skip what is no longer registered.
+                if self.selector.get_map().get(key.fd) is not key:
+                    continue
                 callback: Callable[[], None] = key.data
                 callback()
             self.run_timers()
@@ -308,6 +312,8 @@ class Supervisor:
                     os.close(fd)
 
     def on_channel(self, handle: WorkerHandle) -> None:
+        if handle.state is WorkerState.EXITED:
+            return
         try:
             data = handle.channel.recv(1 << 20)
         except (BlockingIOError, TimeoutError):
@@ -315,7 +321,10 @@ class Supervisor:
         except OSError:
             data = b""
         if not data:
-            self.selector.unregister(handle.channel)  # Exited: SIGCHLD does the rest.
+            try:
+                self.selector.unregister(handle.channel)  # Exited: SIGCHLD does the rest.
+            except (KeyError, ValueError):
+                pass
             return
         try:
             messages = handle.decoder.feed(data)
