@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from proxy.config import Target
 
@@ -24,6 +24,8 @@ class TargetState:
     outstanding: int = 0
     failures: int = 0
     down_until: float = 0.0  # monotonic seconds; at or before now means the target may be tried
+    connects: int = 0  # successful connects, for metrics
+    errors: dict[str, int] = field(default_factory=dict)  # failed connects by reason, for metrics
 
     def is_up(self, now: float) -> bool:
         return self.down_until <= now

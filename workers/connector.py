@@ -50,6 +50,7 @@ class Connector:
         stats = route.stats
         timeout = route.app.connect_timeout
         tried = relay.tried  # across replays too: each target at most once per client connection
+        started = time.monotonic()
         while True:
             state = choose(route.targets, time.monotonic(), self.rng, tried)
             if state is None:
@@ -78,6 +79,8 @@ class Connector:
             if relay.target is not state:
                 state.outstanding -= 1  # Connected, but the client had already left.
                 return
+            state.connects += 1
+            stats.observe_connect(time.monotonic() - started)
             if mark_ok(state):
                 log_event(log, logging.INFO, "target_up", f"target {state.target} of app {route.app.name} is up",
                           app=route.app.name, target=str(state.target), worker=self.slot)
@@ -90,6 +93,7 @@ class Connector:
 
     def failed(self, app: str, state: TargetState, exc: BaseException) -> None:
         reason = failure_reason(exc)
+        state.errors[reason] = state.errors.get(reason, 0) + 1
         if mark_failed(state, time.monotonic()):
             detail = str(exc) or reason
             log_event(log, logging.WARNING, "target_down",

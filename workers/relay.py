@@ -47,8 +47,8 @@ def _reset(transport: Any) -> None:
 
 class ClientSide(asyncio.Protocol):
     __slots__ = (
-        "active", "client", "client_eof", "connect_task", "finished", "idle_since", "route", "target", "tried",
-        "unanswered", "unanswered_size", "upstream", "upstream_eof", "worker",
+        "active", "bytes_in", "bytes_out", "client", "client_eof", "connect_task", "finished", "idle_since",
+        "route", "target", "tried", "unanswered", "unanswered_size", "upstream", "upstream_eof", "worker",
     )
 
     def __init__(self, worker: Worker, route: AppRoute | None) -> None:
@@ -66,6 +66,8 @@ class ClientSide(asyncio.Protocol):
         self.upstream_eof = False
         self.finished = False
         self.active = True
+        self.bytes_in = 0
+        self.bytes_out = 0
         self.idle_since = 0.0
         self.connect_task: asyncio.Task[None] | None = None
 
@@ -77,6 +79,7 @@ class ClientSide(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.active = True
+        self.bytes_in += len(data)
         upstream = self.upstream
         if upstream is not None:
             upstream.write(data)
@@ -183,6 +186,7 @@ class UpstreamSide(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         relay = self.relay
         relay.active = True
+        relay.bytes_out += len(data)
         if relay.unanswered is not None:
             relay.upstream_answered()
         relay.client.write(data)

@@ -36,12 +36,13 @@ EXIT_OK = 0
 EXIT_BOOT_FAILED = 3
 EXIT_CHANNEL_BROKEN = 4
 EXIT_CRASHED = 5
-FAILPOINT_ENV = "SKIFF_FAILPOINT"  # test-only fault injection: "worker-boot" makes every worker fail to boot
+FAILPOINT_ENV = "SKIFF_FAILPOINT"  # test-only fault injection, see _failpoint_active
 
 
 @dataclass(frozen=True, slots=True)
 class WorkerOptions:
     grace: float
+    stats_interval: float | None = None  # push counters to the supervisor this often (when it serves metrics)
     steered: bool = False  # bpf mode: one listener for every port; the accepted socket names the port
 
 
@@ -120,7 +121,10 @@ class Worker:
         if relay in self.relays:
             self.relays.discard(relay)
             assert relay.route is not None
-            relay.route.stats.active -= 1
+            stats = relay.route.stats
+            stats.active -= 1
+            stats.bytes_in += relay.bytes_in
+            stats.bytes_out += relay.bytes_out
         if relay.target is not None:
             relay.target.outstanding -= 1
         self.check_stopped()
@@ -221,6 +225,8 @@ class Worker:
         control = self.loop.create_task(self.handle_control())
         self.loop.call_later(self.sweep_interval(), self.sweep_idle)
         self.send({"t": "ready", "version": self.snapshot.version, "pid": os.getpid()})
+        if self.options.stats_interval:
+            self.push_stats()
         await self.stopped.wait()
         control.cancel()
         return EXIT_OK
@@ -244,22 +250,41 @@ class Worker:
             relay.finish(reset=True)
         self.stopped.set()
 
+    def push_stats(self) -> None:
+        self.send({"t": "stats", "stats": self.stats()})
+        if not self.stopping and self.options.stats_interval:
+            self.loop.call_later(self.options.stats_interval, self.push_stats)
+
     def stats(self) -> dict[str, Any]:
+        """Counters since this worker started, per app and target (the supervisor sums the workers)."""
         now = time.monotonic()
-        return {
-            "version": self.snapshot.version,
-            "apps": {
-                name: {
-                    "active": route.stats.active, "total": route.stats.total, "failed": route.stats.failed,
-                    "failovers": route.stats.failovers,
-                    "targets": {
-                        str(t.target): {"outstanding": t.outstanding, "up": t.is_up(now), "failures": t.failures}
-                        for t in route.targets
-                    },
-                }
-                for name, route in self.table.apps.items()
-            },
-        }
+        live: dict[int, list[int]] = {}
+        for relay in self.relays:
+            if relay.route is not None:
+                counts = live.setdefault(id(relay.route.stats), [0, 0])
+                counts[0] += relay.bytes_in
+                counts[1] += relay.bytes_out
+        apps = {}
+        for name, route in self.table.apps.items():
+            s = route.stats
+            open_in, open_out = live.get(id(s), (0, 0))
+            apps[name] = {
+                "active": s.active, "total": s.total, "failed": s.failed, "failovers": s.failovers,
+                "bytes_in": s.bytes_in + open_in, "bytes_out": s.bytes_out + open_out,
+                "connect": {"buckets": s.connect_buckets, "sum": s.connect_seconds},
+                "targets": {
+                    str(t.target): {"active": t.outstanding, "total": t.connects, "errors": t.errors,
+                                    "up": t.failures == 0}
+                    for t in route.targets
+                },
+            }
+        return {"version": self.snapshot.version, "apps": apps}
+
+
+def _failpoint_active(value: str) -> bool:
+    """"worker-boot" fails every boot; "worker-boot:PATH" fails boots while PATH exists."""
+    name, _, path = value.partition(":")
+    return name == "worker-boot" and (not path or os.path.exists(path))
 
 
 def worker_main(
@@ -272,7 +297,7 @@ def worker_main(
     for signum in (signal.SIGTERM, signal.SIGCHLD, signal.SIGQUIT):
         signal.signal(signum, signal.SIG_DFL)
     setproctitle.setproctitle(f"skiff: worker {slot} (config v{snapshot.version})")
-    if os.environ.get(FAILPOINT_ENV) == "worker-boot":
+    if _failpoint_active(os.environ.get(FAILPOINT_ENV, "")):
         log_event(log, logging.ERROR, "worker_boot_failed", "failpoint worker-boot: failing on purpose", worker=slot)
         return EXIT_BOOT_FAILED
 
