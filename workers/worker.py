@@ -64,7 +64,7 @@ class Worker:
         self.decoder = FrameDecoder()
         self.fds: collections.deque[int] = collections.deque()
         self.incoming: dict[int, socket.socket] = {}  # listening sockets for ports the next snapshot adds
-        self.retired: dict[int, AppRoute] = {}  # routes of the ports the last snapshot removed
+        self.retired: dict[int, AppRoute] = {}  # routes of removed ports, for connections already on their way
         self.control: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.stopped = asyncio.Event()
         self.stopping = False
@@ -199,7 +199,11 @@ class Worker:
             return
         old_table = self.table
         self.table = build_table(snapshot.version, snapshot.config, old_table)
-        self.retired = {p: r for p, r in old_table.by_port.items() if p not in self.table.by_port}
+        # Routes of removed ports stay known (until a port comes back): in bpf mode a port leaves the kernel's
+        # map only after every worker acknowledged, and back-to-back reloads may overlap that.
+        self.retired.update((p, r) for p, r in old_table.by_port.items() if p not in self.table.by_port)
+        for port in self.table.by_port:
+            self.retired.pop(port, None)
         self.snapshot = snapshot
         removed = [] if self.options.steered else [
             self.listeners.pop(p) for p in list(self.listeners) if p not in self.table.by_port]
