@@ -12,8 +12,11 @@ import struct
 import threading
 from collections.abc import Callable
 
+from tests.support import read_all
+
 LINGER_RESET = struct.pack("ii", 1, 0)
 CONN_TIMEOUT = 15.0
+MB = 1 << 20
 
 
 def close_with_reset(sock: socket.socket) -> None:
@@ -95,3 +98,25 @@ class ThreadServer:
                 conn.shutdown(socket.SHUT_RDWR)
         for thread in self._threads:
             thread.join(CONN_TIMEOUT + 1)
+
+
+def roundtrip_concurrently(port: int, payload: bytes, timeout: float = 30.0) -> bytes:
+    """Send `payload` from one thread, then shutdown(SHUT_WR), while this thread reads to EOF."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        errors: list[BaseException] = []
+
+        def send() -> None:
+            try:
+                view = memoryview(payload)
+                for start in range(0, len(view), MB):
+                    sock.sendall(view[start:start + MB])
+                sock.shutdown(socket.SHUT_WR)
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
+        received = read_all(sock)
+        sender.join(timeout)
+        assert not errors, errors
+        return received

@@ -7,6 +7,7 @@ down is tried again after its backoff; with no target left the client is closed 
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import statistics
@@ -16,7 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.peers import ThreadServer, outcome_of_recv
+from tests.integration.peers import MB, ThreadServer, outcome_of_recv, roundtrip_concurrently
 from tests.support import app, echo_roundtrip, free_ports, read_all, wait_for
 
 
@@ -72,6 +73,27 @@ def test_blackholed_target_costs_the_connect_timeout_once(blackhole: int, start_
     assert 0.25 <= slowest <= 1.5, durations
     skiff.wait_log(rf"target 127\.0\.0\.1:{blackhole} of app web is down \(timeout")
     assert statistics.median(durations[-20:]) < 0.3, durations
+
+
+def test_bytes_sent_before_failover_are_not_lost(blackhole: int, start_echo, start_skiff) -> None:  # type: ignore[no-untyped-def]
+    """1. An app with a blackholed target and a good echo target, ConnectTimeout 0.3 s; one worker.
+    2. Clients, one after another until one of them has waited for the blackholed target and failed over, send
+    1 MB at once (more than skiff buffers before an upstream exists) and half-close, while reading the echo.
+    3. Every client gets its exact 1 MB back, the one that failed over included."""
+    port, good = free_ports(2)
+    start_echo([good])
+    skiff = start_skiff([app("web", [port], [f"127.0.0.1:{blackhole}", f"127.0.0.1:{good}"], ConnectTimeout=0.3)],
+                        workers=1)
+    payload = random.Random(4).randbytes(MB)
+    slowest = 0.0
+    for _ in range(20):  # P2C picks the blackholed target first half the time; stop once one connection did
+        started = time.monotonic()
+        assert roundtrip_concurrently(port, payload) == payload
+        slowest = max(slowest, time.monotonic() - started)
+        if "is down" in skiff.log:
+            break
+    assert slowest >= 0.25, "no connection waited for the blackholed target"
+    skiff.wait_log(rf"target 127\.0\.0\.1:{blackhole} of app web is down \(timeout")
 
 
 def test_unresolvable_target_is_skipped(start_echo, start_skiff) -> None:  # type: ignore[no-untyped-def]

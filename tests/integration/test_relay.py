@@ -16,32 +16,15 @@ import time
 
 import psutil
 
-from tests.integration.peers import ThreadServer, close_with_reset, outcome_of_recv, recv_exactly
+from tests.integration.peers import (
+    MB,
+    ThreadServer,
+    close_with_reset,
+    outcome_of_recv,
+    recv_exactly,
+    roundtrip_concurrently,
+)
 from tests.support import app, echo_roundtrip, free_ports, read_all, wait_for
-
-MB = 1 << 20
-
-
-def roundtrip_concurrently(port: int, payload: bytes, timeout: float = 30.0) -> bytes:
-    """Send `payload` from one thread, then shutdown(SHUT_WR), while this thread reads to EOF."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        errors: list[BaseException] = []
-
-        def send() -> None:
-            try:
-                view = memoryview(payload)
-                for start in range(0, len(view), MB):
-                    sock.sendall(view[start:start + MB])
-                sock.shutdown(socket.SHUT_WR)
-            except BaseException as exc:  # reported below
-                errors.append(exc)
-
-        sender = threading.Thread(target=send, daemon=True)
-        sender.start()
-        received = read_all(sock)
-        sender.join(timeout)
-        assert not errors, errors
-        return received
 
 
 def test_half_close_tiny_and_1mb(start_echo, start_skiff) -> None:  # type: ignore[no-untyped-def]
@@ -202,6 +185,67 @@ def test_slow_reader_keeps_worker_memory_bounded(processes, start_skiff) -> None
         while chunk_read := sock.recv(1 << 18):
             received += len(chunk_read)
     assert received == total
+    assert not target.errors
+
+
+def test_slow_target_keeps_worker_memory_bounded(processes, start_skiff) -> None:  # type: ignore[no-untyped-def]
+    """The other direction. 1. A target that reads nothing until told to (an event), then reads to EOF and
+    reports the byte count. 2. A client sends 300 MB from a thread as fast as it can through skiff (-w 1).
+    3. The client's sending stalls well short of 300 MB (no progress for 1 s; at most 15 s) and the worker's RSS
+    grew by less than 30 MB. 4. The target starts reading: it gets exactly 300 MB."""
+    total = 300 * MB
+    port, target_port = free_ports(2)
+    read_now = threading.Event()
+    counted: queue.Queue[int] = queue.Queue()
+
+    def slow_sink(conn: socket.socket) -> None:
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 256 * 1024)
+        read_now.wait(30)
+        size = 0
+        while chunk := conn.recv(1 << 18):
+            size += len(chunk)
+        counted.put(size)
+
+    target = ThreadServer(target_port, slow_sink)
+    processes.append(target)
+    skiff = start_skiff([app("sink", [port], [f"127.0.0.1:{target_port}"])], workers=1)
+    pids = [p.pid for p in skiff.workers()]
+    before = peak = worker_rss(pids)
+    sent = [0]
+    errors: list[BaseException] = []
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        chunk = b"\x5a" * MB
+
+        def send() -> None:
+            try:
+                for _ in range(total // MB):
+                    sock.sendall(chunk)
+                    sent[0] += MB
+                sock.shutdown(socket.SHUT_WR)
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
+        try:
+            last, unchanged_since = -1, time.monotonic()
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                peak = max(peak, worker_rss(pids))
+                if sent[0] != last:
+                    last, unchanged_since = sent[0], time.monotonic()
+                elif time.monotonic() - unchanged_since >= 1.0:
+                    break
+                time.sleep(0.05)  # sampling RSS, not waiting for an event
+            stalled_at = sent[0]
+        finally:
+            read_now.set()
+        assert stalled_at < 150 * MB, f"the client sent {stalled_at / MB:.0f} MB to a target that read nothing"
+        growth = peak - before
+        assert growth < 30 * MB, f"worker RSS grew by {growth / MB:.1f} MB while the target did not read"
+        assert counted.get(timeout=60) == total
+        sender.join(10)
+    assert not errors, errors
     assert not target.errors
 
 
