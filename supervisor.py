@@ -16,7 +16,7 @@ from pathlib import Path
 from control.arbiter import Options, Supervisor
 from control.steering import DEFAULT_OBJECT, MODES, SteeringUnavailable, choose_steering
 from proxy.config import load_config
-from proxy.errors import ConfigError
+from proxy.errors import ConfigError, ConfigUnreadable
 from proxy.logs import setup_logging
 from proxy.snapshot import first_snapshot
 
@@ -87,10 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as exc:
+        line = str(exc) if isinstance(exc, ConfigUnreadable) else f"{args.config}: invalid: {exc}"
         if args.check:
-            print(f"{args.config}: invalid: {exc}", file=sys.stderr)
+            print(line, file=sys.stderr)
         else:
-            log.error("%s: invalid config: %s", args.config, exc, extra={"event": "config_invalid", "error": str(exc)})
+            log.error("%s", line, extra={"event": "config_invalid", "error": str(exc)})
         return 1
     if args.check:
         print(f"{args.config}: ok: {config.summary()}")
