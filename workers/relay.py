@@ -47,7 +47,8 @@ def _reset(transport: Any) -> None:
 
 class ClientSide(asyncio.Protocol):
     __slots__ = (
-        "active", "bytes_in", "bytes_out", "client", "client_eof", "connect_task", "finished", "idle_since",
+        "active", "bytes_in", "bytes_out", "client", "client_eof", "connect_expired", "connect_task", "finished",
+        "idle_since",
         "route", "target", "tried", "unanswered", "unanswered_size", "upstream", "upstream_eof", "worker",
     )
 
@@ -70,6 +71,7 @@ class ClientSide(asyncio.Protocol):
         self.bytes_out = 0
         self.idle_since = 0.0
         self.connect_task: asyncio.Task[None] | None = None
+        self.connect_expired = False  # the connect timer, not the client, cancelled connect_task
 
     # --- client events -------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -98,9 +100,10 @@ class ClientSide(asyncio.Protocol):
     def eof_received(self) -> bool:
         self.client_eof = True
         if self.upstream is not None:
-            self.upstream.write_eof()
             if self.upstream_eof:
-                self.finish()
+                self.finish()  # Both directions are done: close sends our FIN, no shutdown() needed first.
+            else:
+                self.upstream.write_eof()
         return True  # Keep the client open for the upstream's remaining bytes.
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -135,9 +138,10 @@ class ClientSide(asyncio.Protocol):
 
     def upstream_eof_received(self) -> None:
         self.upstream_eof = True
-        self.client.write_eof()
         if self.client_eof:
-            self.finish()
+            self.finish()  # Both directions are done: close sends our FIN, no shutdown() needed first.
+        else:
+            self.client.write_eof()
 
     def upstream_lost(self, exc: Exception | None) -> None:
         if self.finished:
