@@ -16,7 +16,7 @@ from pathlib import Path
 from control.arbiter import Options, Supervisor
 from control.steering import DEFAULT_OBJECT, MODES, SteeringUnavailable, choose_steering
 from proxy.config import load_config
-from proxy.errors import ConfigError
+from proxy.errors import ConfigError, ConfigUnreadable
 from proxy.logs import setup_logging
 from proxy.snapshot import first_snapshot
 
@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "one listener per worker; auto: bpf when it works here, else reuseport")
     parser.add_argument("--instance", type=instance_name, default="default",
                         help="name of this proxy's pinned BPF state (default: default)")
+    parser.add_argument("--metrics", metavar="HOST:PORT",
+                        help="serve /metrics (Prometheus), /healthz and /status here, e.g. 127.0.0.1:9901")
     parser.add_argument("--bpf-object", type=Path, default=DEFAULT_OBJECT, help=argparse.SUPPRESS)
     parser.add_argument("--bpf-pin-root", type=Path, default=Path("/sys/fs/bpf"), help=argparse.SUPPRESS)
     return parser
@@ -85,10 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as exc:
+        line = str(exc) if isinstance(exc, ConfigUnreadable) else f"{args.config}: invalid: {exc}"
         if args.check:
-            print(f"{args.config}: invalid: {exc}", file=sys.stderr)
+            print(line, file=sys.stderr)
         else:
-            log.error("%s: invalid config: %s", args.config, exc, extra={"event": "config_invalid", "error": str(exc)})
+            log.error("%s", line, extra={"event": "config_invalid", "error": str(exc)})
         return 1
     if args.check:
         print(f"{args.config}: ok: {config.summary()}")
@@ -100,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     options = Options(config_path=args.config, workers=args.workers, grace=args.grace, bind=args.bind,
                       watch=args.watch, steering=steering.mode, instance=args.instance,
-                      bpf_object=args.bpf_object, bpf_pin_root=args.bpf_pin_root)
+                      bpf_object=args.bpf_object, bpf_pin_root=args.bpf_pin_root, metrics=args.metrics)
     return Supervisor(options, first_snapshot(config)).run()
 
 

@@ -19,11 +19,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import orjson
 import psutil
 import setproctitle
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bpf.errors import SteeringError
 from control.handle import WorkerHandle, WorkerState
+from control.http import HttpError, HttpServer
+from control.metrics import AppReport, ProcessInfo, merge_counters, registry_for, summarize
+from control.notify import Notifier
 from control.sockets import ListenError, SocketTable, enable_request_migration, open_group_listeners
 from control.watcher import ConfigWatcher
 from proxy.config import load_config
@@ -55,6 +60,7 @@ ACK_TIMEOUT = 10.0
 KILL_MARGIN = 5.0  # after the grace period, workers that still run are killed
 FDS_PER_MESSAGE = 250  # under the kernel's SCM_MAX_FD (253)
 SEND_TIMEOUT = 5.0
+STATS_INTERVAL = 1.0  # how often workers report counters when metrics are served
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +74,7 @@ class Options:
     instance: str = "default"
     bpf_object: Path = Path("bpf/skiff.bpf.o")
     bpf_pin_root: Path = Path("/sys/fs/bpf")
+    metrics: str | None = None  # HOST:PORT for /metrics, /healthz, /status
 
 
 @dataclass(slots=True)
@@ -114,9 +121,14 @@ class Supervisor:
         self.kill_at: float | None = None
         self.exit_code = EXIT_OK
         self.worker_restarts = 0
+        self.notifier = Notifier.from_environment()  # before any fork: workers must not inherit NOTIFY_SOCKET
+        self.http: HttpServer | None = None
+        self.retired: dict[str, AppReport] = {}  # counters of workers that exited, so totals never go back
+        self.registry = registry_for(self)
 
     # --- start ---------------------------------------------------------------------------------------
     def run(self) -> int:
+        raise_fd_limit()
         try:
             if self.options.steering == "bpf":
                 self.start_steering()
@@ -134,6 +146,15 @@ class Supervisor:
             log_event(log, logging.WARNING, "migrate_req_off",
                       f"{problem}; connections queued on a closing listener may be reset", error=problem)
         self.install_signals()
+        if self.options.metrics:
+            try:
+                self.http = HttpServer(self.options.metrics, self.selector, self.serve_http)
+            except HttpError as exc:
+                log_event(log, logging.ERROR, "listen_failed", str(exc), error=str(exc))
+                self.stop_steering()
+                self.sockets.close_all()
+                self.close_group_sockets()
+                return EXIT_CANNOT_LISTEN
         if self.options.watch:
             try:
                 self.watcher = ConfigWatcher(self.options.config_path)
@@ -213,6 +234,10 @@ class Supervisor:
             if self.stopping and not self.handles:
                 break
             for key, _ in self.selector.select(self.next_timeout()):
+                # An earlier callback of this same batch may have unregistered this one (a reaped worker's
+                # channel): skip what is no longer registered.
+                if self.selector.get_map().get(key.fd) is not key:
+                    continue
                 callback: Callable[[], None] = key.data
                 callback()
             self.run_timers()
@@ -221,12 +246,16 @@ class Supervisor:
         deadlines = [t for t in (self.reload_due, self.kill_at) if t is not None]
         deadlines += self.respawn_at.values()
         deadlines += [p.started + ACK_TIMEOUT for p in self.pending]
+        if self.http is not None and (deadline := self.http.next_deadline()) is not None:
+            deadlines.append(deadline)
         if not deadlines:
             return None
         return max(0.0, min(deadlines) - time.monotonic())
 
     def run_timers(self) -> None:
         now = time.monotonic()
+        if self.http is not None:
+            self.http.expire(now)
         for slot, due in list(self.respawn_at.items()):
             if due <= now and not self.stopping:
                 del self.respawn_at[slot]
@@ -276,9 +305,10 @@ class Supervisor:
             try:
                 parent_end.close()
                 self.forget_in_child(slot, child_end)
-                code = worker_main(slot, child_end, self.listeners_for(slot), self.snapshot,
-                                   WorkerOptions(grace=self.options.grace, steered=self.steering is not None,
-                                                 counters=self.counters))
+                options = WorkerOptions(grace=self.options.grace, steered=self.steering is not None,
+                                        stats_interval=STATS_INTERVAL if self.http is not None else None,
+                                        counters=self.counters)
+                code = worker_main(slot, child_end, self.listeners_for(slot), self.snapshot, options)
             except BaseException:
                 log.exception("worker %d failed to start", slot, extra={"event": "worker_crashed", "worker": slot})
             finally:
@@ -295,7 +325,10 @@ class Supervisor:
     def forget_in_child(self, slot: int, child_end: socket.socket) -> None:
         """Drop what the child inherited but must not hold: other slots' sockets, channels, the wait point."""
         signal.set_wakeup_fd(-1)
-        self.selector.close()
+        self.selector.close()  # closing our copy only; never unregister here (the epoll set is shared)
+        if self.http is not None:
+            self.http.abandon()
+        self.notifier.close()
         self.wake_r.close()
         self.wake_w.close()
         if self.watcher is not None:
@@ -315,6 +348,8 @@ class Supervisor:
                     os.close(fd)
 
     def on_channel(self, handle: WorkerHandle) -> None:
+        if handle.state is WorkerState.EXITED:
+            return
         try:
             data = handle.channel.recv(1 << 20)
         except (BlockingIOError, TimeoutError):
@@ -322,7 +357,10 @@ class Supervisor:
         except OSError:
             data = b""
         if not data:
-            self.selector.unregister(handle.channel)  # Exited: SIGCHLD does the rest.
+            try:
+                self.selector.unregister(handle.channel)  # Exited: SIGCHLD does the rest.
+            except (KeyError, ValueError):
+                pass
             return
         try:
             messages = handle.decoder.feed(data)
@@ -351,6 +389,7 @@ class Supervisor:
                           f"ready: config v{self.snapshot.version} ({config.summary()}) served by "
                           f"{len(self.handles)} workers on {self.options.bind} ports {shown}",
                           version=self.snapshot.version, workers=len(self.handles), ports=len(ports))
+                self.notifier.ready(f"serving config v{self.snapshot.version} ({config.summary()})")
             self.check_pending()
         elif kind == "ack":
             handle.acked_version = max(handle.acked_version, int(message["version"]))
@@ -375,6 +414,10 @@ class Supervisor:
         was_ready = handle.state in (WorkerState.READY, WorkerState.DRAINING)
         handle.move_to(WorkerState.EXITED)
         handle.exit_status = status
+        apps = handle.stats.get("apps")
+        if isinstance(apps, dict):
+            merge_counters(self.retired, apps)
+            handle.stats = {}
         if self.handles.get(handle.slot) is handle:
             del self.handles[handle.slot]
         try:
@@ -449,6 +492,7 @@ class Supervisor:
                       version=current.version)
             return
         change = plan(current.config, config)
+        self.notifier.reloading()
         steered = self.steering is not None
         settled = min((h.acked_version for h in self.handles.values()), default=current.version)
         try:
@@ -457,6 +501,7 @@ class Supervisor:
                 self.sockets.open_ports(change.added_ports)  # Sockets exist in every slot before any worker is told.
         except (ConfigError, ListenError) as exc:
             self.reload_failed(trigger, str(exc))
+            self.notifier.ready(f"serving config v{current.version}; last reload failed")
             return
         for cell in cells.new_cells(self.cells):
             self.counters.set_health(cell, 0)  # a reused cell starts in rotation, like any new target
@@ -502,6 +547,8 @@ class Supervisor:
                 log_event(log, logging.INFO, "reload_applied",
                           f"config v{pending.version} applied by {len(live)}/{self.options.workers} workers in "
                           f"{ms:.0f} ms ({pending.plan.summary()})", version=pending.version, ms=round(ms, 1))
+                if not self.pending:
+                    self.notifier.ready(f"serving config v{pending.version} ({self.snapshot.config.summary()})")
 
     # --- stop ----------------------------------------------------------------------------------------
     def begin_stop(self, reason: str) -> None:
@@ -512,6 +559,7 @@ class Supervisor:
             self.exit_code = self.exit_code or EXIT_FORCED
             return
         self.stopping = True
+        self.notifier.stopping()
         self.respawn_at.clear()
         active = sum(_active(h) for h in self.handles.values())
         log_event(log, logging.INFO, "stopping",
@@ -538,6 +586,9 @@ class Supervisor:
             log_event(log, logging.ERROR, "steering_failed", str(exc), error=str(exc))
 
     def cleanup(self) -> None:
+        if self.http is not None:
+            self.http.close()
+        self.notifier.close()
         self.stop_steering()
         self.sockets.close_all()
         self.close_group_sockets()
@@ -550,6 +601,80 @@ class Supervisor:
     def set_title(self) -> None:
         setproctitle.setproctitle(
             f"skiff: supervisor (config v{self.snapshot.version}, {self.options.workers} workers)")
+
+    def serve_http(self, path: str) -> tuple[int, str, bytes]:
+        if path == "/metrics":
+            return 200, CONTENT_TYPE_LATEST, generate_latest(self.registry)
+        if path == "/healthz":
+            problem = self.health_problem()
+            return (503, "text/plain", f"unhealthy: {problem}\n".encode()) if problem else (200, "text/plain", b"ok\n")
+        if path == "/status":
+            return 200, "application/json", orjson.dumps(self.status(), option=orjson.OPT_INDENT_2)
+        return 404, "text/plain", b"not found: try /metrics, /healthz or /status\n"
+
+    def health_problem(self) -> str | None:
+        """None when every worker slot serves the current version, else why not."""
+        version = self.snapshot.version
+        for slot in range(self.options.workers):
+            handle = self.handles.get(slot)
+            if handle is None:
+                return f"worker {slot} is not running"
+            if handle.state is not WorkerState.READY:
+                return f"worker {slot} is {handle.state.value}"
+            if handle.acked_version != version:
+                return f"worker {slot} serves config v{handle.acked_version}, not v{version}"
+        return None
+
+    def worker_usage(self) -> dict[int, tuple[int, float, float]]:
+        usage = {}
+        for slot, handle in self.handles.items():
+            try:
+                process = psutil.Process(handle.pid)
+                times = process.cpu_times()
+                usage[slot] = (handle.pid, float(process.memory_info().rss), times.user + times.system)
+            except psutil.Error:
+                continue
+        return usage
+
+    def metrics_view(self) -> tuple[dict[str, AppReport], ProcessInfo]:
+        live = [h.stats["apps"] for h in self.handles.values() if isinstance(h.stats.get("apps"), dict)]
+        apps = summarize(self.retired, live, [a.name for a in self.snapshot.config.apps])  # type: ignore[arg-type]
+        status = self.reload_status
+        info = ProcessInfo(
+            version=self.snapshot.version, last_reload_ok=status.ok, last_reload_time=status.at,
+            reloads_ok=status.reloads, reloads_failed=status.failures, worker_restarts=self.worker_restarts,
+            workers_ready=sum(1 for h in self.handles.values()
+                              if h.state is WorkerState.READY and h.acked_version == self.snapshot.version),
+            workers_wanted=self.options.workers,
+            steering=self.steering.counters() if self.steering is not None else {},
+            worker_usage=[(slot, rss, cpu) for slot, (_, rss, cpu) in sorted(self.worker_usage().items())],
+        )
+        return apps, info
+
+    def status(self) -> dict[str, Any]:
+        apps, info = self.metrics_view()
+        usage = self.worker_usage()
+        return {
+            "version": self.snapshot.version,
+            "digest": self.snapshot.digest,
+            "healthy": self.health_problem() is None,
+            "steering": self.options.steering,
+            "bpf": info.steering or None,
+            "last_reload": {"ok": self.reload_status.ok, "at": self.reload_status.at,
+                            "error": self.reload_status.error, "reloads": self.reload_status.reloads,
+                            "failures": self.reload_status.failures},
+            "worker_restarts": self.worker_restarts,
+            "workers": [
+                {"slot": h.slot, "pid": h.pid, "state": h.state.value, "version": h.acked_version,
+                 "rss_bytes": usage.get(h.slot, (0, 0.0, 0.0))[1], "cpu_seconds": usage.get(h.slot, (0, 0.0, 0.0))[2]}
+                for h in sorted(self.handles.values(), key=lambda h: h.slot)
+            ],
+            "apps": {
+                name: {"active": app["active"], "total": app.get("total", 0),
+                       "targets": {t: {"up": v["up"], "active": v["active"]} for t, v in app["live_targets"].items()}}
+                for name, app in apps.items()
+            },
+        }
 
     def status_line(self) -> str:
         parts = [f"config v{self.snapshot.version}",
@@ -571,6 +696,18 @@ class Supervisor:
                 usage = "gone"
             parts.append(f"worker {slot} pid {handle.pid} {handle.state.value} v{handle.acked_version} {usage}")
         return "status: " + "; ".join(parts)
+
+
+def raise_fd_limit() -> None:
+    """Thousands of ports and connections need descriptors: take the soft limit up to the hard one."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (OSError, ValueError) as exc:
+            log_event(log, logging.WARNING, "rlimit", f"cannot raise the open-file limit to {hard}: {exc}")
 
 
 def _record_only(signum: int, frame: object) -> None:

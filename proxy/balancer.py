@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from proxy.config import Target
@@ -37,6 +37,8 @@ class TargetState:
     outstanding: int = 0
     failures: int = 0
     down_until: float = 0.0  # monotonic seconds; at or before now means the target may be tried
+    connects: int = 0  # successful connects, for metrics
+    errors: dict[str, int] = field(default_factory=dict)  # failed connects by reason, for metrics
     shared: Shared | None = None
 
     def is_up(self, now: float) -> bool:

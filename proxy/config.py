@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from proxy.errors import ConfigError
+from proxy.errors import ConfigError, ConfigUnreadable
 
 DEFAULT_CONNECT_TIMEOUT = 2.0
 DEFAULT_IDLE_TIMEOUT = 3600.0
@@ -120,7 +120,7 @@ def load_config(path: Path) -> Config:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise ConfigError("", f"cannot read {path}: {exc.strerror or exc}") from None
+        raise ConfigUnreadable("", f"cannot read {path}: {exc.strerror or exc}") from None
     return parse_config(data)
 
 

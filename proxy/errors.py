@@ -13,3 +13,7 @@ class ConfigError(Exception):
         super().__init__(f"{path}: {problem}" if path else problem)
         self.path = path
         self.problem = problem
+
+
+class ConfigUnreadable(ConfigError):
+    """The config file itself could not be read (missing, permissions): the message names the file."""

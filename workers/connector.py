@@ -42,6 +42,13 @@ def failure_reason(exc: BaseException) -> str:
     return "error"
 
 
+def _expire(relay: ClientSide) -> None:
+    task = relay.connect_task
+    if task is not None and not task.done():
+        relay.connect_expired = True
+        task.cancel()
+
+
 class Connector:
     def __init__(self, slot: int, resolver: Resolver, rng: random.Random, policy: Policy | None = None) -> None:
         self.slot = slot
@@ -57,6 +64,7 @@ class Connector:
         app = route.app
         timeout = app.connect_timeout
         tried = relay.tried  # across replays too: each target at most once per client connection
+        started = time.monotonic()
         full = False
         while True:
             state = choose(route.targets, time.monotonic(), self.rng, tried, app.soft_limit, app.max_conns)
@@ -68,33 +76,24 @@ class Connector:
                 state.release()  # Another worker took the last place first; counting first keeps the limit.
                 full = True
                 continue
-            try:
-                async with asyncio.timeout(timeout):
-                    host = literal_address(state.target.host) or await self.resolver.resolve(state.target.host)
-                    await self.loop.create_connection(
-                        lambda s=state: UpstreamSide(relay, s), host, state.target.port  # type: ignore[misc]
-                    )
-            except (OSError, TimeoutError, ResolveError) as exc:
+            failure = await self.attempt(relay, state, timeout)
+            if failure is not None:
                 state.release()
-                if isinstance(exc, OSError) and exc.errno in FD_EXHAUSTED:
+                if isinstance(failure, OSError) and failure.errno in FD_EXHAUSTED:
                     if self.policy is not None:
-                        self.policy.fds_exhausted(exc)
+                        self.policy.fds_exhausted(failure)
                     relay.finish()
                     return
-                self.failed(route.app.name, state, exc)
+                self.failed(route.app.name, state, failure)
                 if relay.finished:
                     return
                 stats.failovers += 1
                 continue
-            except asyncio.CancelledError:
-                # The client left while we were connecting. Once the upstream is attached, the relay's own
-                # finish() accounts for the target; before that, we do.
-                if relay.target is not state:
-                    state.release()
-                raise
             if relay.target is not state:
                 state.release()  # Connected, but the client had already left.
                 return
+            state.connects += 1
+            stats.observe_connect(time.monotonic() - started)
             if mark_ok(state):
                 log_event(log, logging.INFO, "target_up", f"target {state.target} of app {route.app.name} is up",
                           app=route.app.name, target=str(state.target), worker=self.slot)
@@ -110,8 +109,36 @@ class Connector:
                   app=route.app.name, worker=self.slot)
         relay.finish()
 
+    async def attempt(self, relay: ClientSide, state: TargetState, timeout: float) -> BaseException | None:
+        """One connect (with its DNS lookup) to one target: None when connected, else why not.
+
+        The deadline is a plain loop timer that cancels the connect task: cheaper per connection than
+        asyncio.timeout, which the new-connection rate notices.
+        """
+        timer = self.loop.call_later(timeout, _expire, relay)
+        try:
+            host = literal_address(state.target.host) or await self.resolver.resolve(state.target.host)
+            await self.loop.create_connection(lambda: UpstreamSide(relay, state), host, state.target.port)
+            return None
+        except (OSError, ResolveError) as exc:
+            return exc
+        except asyncio.CancelledError:
+            if not relay.connect_expired:
+                # The client left while we were connecting. Once the upstream is attached, the relay's own
+                # finish() accounts for the target; before that, we do.
+                if relay.target is not state:
+                    state.release()
+                raise
+            relay.connect_expired = False
+            if relay.connect_task is not None:
+                relay.connect_task.uncancel()
+            return TimeoutError(f"no connection within {timeout:g} s")
+        finally:
+            timer.cancel()
+
     def failed(self, app: str, state: TargetState, exc: BaseException) -> None:
         reason = failure_reason(exc)
+        state.errors[reason] = state.errors.get(reason, 0) + 1
         if mark_failed(state, time.monotonic()):
             detail = str(exc) or reason
             log_event(log, logging.WARNING, "target_down",

@@ -50,8 +50,9 @@ def _reset(transport: Any) -> None:
 
 class ClientSide(asyncio.Protocol):
     __slots__ = (
-        "active", "client", "client_eof", "connect_task", "finished", "header", "idle_since", "linger", "route",
-        "target", "tried", "unanswered", "unanswered_size", "upstream", "upstream_eof", "worker",
+        "active", "bytes_in", "bytes_out", "client", "client_eof", "connect_expired", "connect_task", "finished",
+        "header", "idle_since", "linger", "route", "target", "tried", "unanswered", "unanswered_size", "upstream",
+        "upstream_eof", "worker",
     )
 
     def __init__(self, worker: Worker, route: AppRoute | None) -> None:
@@ -69,8 +70,11 @@ class ClientSide(asyncio.Protocol):
         self.upstream_eof = False
         self.finished = False
         self.active = True
+        self.bytes_in = 0
+        self.bytes_out = 0
         self.idle_since = 0.0
         self.connect_task: asyncio.Task[None] | None = None
+        self.connect_expired = False  # the connect timer, not the client, cancelled connect_task
         self.header: bytes | None = None  # PROXY protocol header, first on every upstream connection
         self.linger: asyncio.TimerHandle | None = None  # HalfCloseTimeout, from the first EOF
 
@@ -82,6 +86,7 @@ class ClientSide(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.active = True
+        self.bytes_in += len(data)
         upstream = self.upstream
         if upstream is not None:
             upstream.write(data)
@@ -100,10 +105,10 @@ class ClientSide(asyncio.Protocol):
     def eof_received(self) -> bool:
         self.client_eof = True
         if self.upstream is not None:
-            self.upstream.write_eof()
             if self.upstream_eof:
-                self.finish()
+                self.finish()  # Both directions are done: close sends our FIN, no shutdown() needed first.
                 return True
+            self.upstream.write_eof()
         self.half_closed()
         return True  # Keep the client open for the upstream's remaining bytes.
 
@@ -147,10 +152,10 @@ class ClientSide(asyncio.Protocol):
 
     def upstream_eof_received(self) -> None:
         self.upstream_eof = True
-        self.client.write_eof()
         if self.client_eof:
-            self.finish()
+            self.finish()  # Both directions are done: close sends our FIN, no shutdown() needed first.
         else:
+            self.client.write_eof()
             self.half_closed()
 
     def upstream_lost(self, exc: Exception | None) -> None:
@@ -202,6 +207,7 @@ class UpstreamSide(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         relay = self.relay
         relay.active = True
+        relay.bytes_out += len(data)
         if relay.unanswered is not None:
             relay.upstream_answered()
         relay.client.write(data)

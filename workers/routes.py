@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -9,16 +10,30 @@ from functools import lru_cache
 from proxy.balancer import Shared, TargetState
 from proxy.config import App, Config
 
+# Upper bounds (seconds) of the connect-latency histogram buckets; the last bucket is everything above.
+CONNECT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
 
 @dataclass(slots=True, eq=False)
 class AppStats:
-    """Plain-int counters for one app in one worker; shared by every table the app appears in."""
+    """Plain-int counters for one app in one worker; shared by every table the app appears in.
+
+    Bytes of open connections live on the relays and are added in when stats are reported.
+    """
 
     active: int = 0
     total: int = 0
     failed: int = 0
     failovers: int = 0
     refused: int = 0  # at HardLimit, or every target at MaxConns
+    bytes_in: int = 0  # from clients, of closed connections
+    bytes_out: int = 0  # to clients, of closed connections
+    connect_buckets: list[int] = field(default_factory=lambda: [0] * (len(CONNECT_BUCKETS) + 1))
+    connect_seconds: float = 0.0
+
+    def observe_connect(self, seconds: float) -> None:
+        self.connect_buckets[bisect.bisect_left(CONNECT_BUCKETS, seconds)] += 1
+        self.connect_seconds += seconds
 
 
 @dataclass(slots=True, eq=False)

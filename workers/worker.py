@@ -41,12 +41,13 @@ EXIT_OK = 0
 EXIT_BOOT_FAILED = 3
 EXIT_CHANNEL_BROKEN = 4
 EXIT_CRASHED = 5
-FAILPOINT_ENV = "SKIFF_FAILPOINT"  # test-only fault injection: "worker-boot" makes every worker fail to boot
+FAILPOINT_ENV = "SKIFF_FAILPOINT"  # test-only fault injection, see _failpoint_active
 
 
 @dataclass(frozen=True, slots=True)
 class WorkerOptions:
     grace: float
+    stats_interval: float | None = None  # push counters to the supervisor this often (when it serves metrics)
     steered: bool = False  # bpf mode: one listener for every port; the accepted socket names the port
     counters: CounterTable | None = None  # shared by every worker: limits and health verdicts
 
@@ -75,7 +76,7 @@ class Worker:
         self.decoder = FrameDecoder()
         self.fds: collections.deque[int] = collections.deque()
         self.incoming: dict[int, socket.socket] = {}  # listening sockets for ports the next snapshot adds
-        self.retired: dict[int, AppRoute] = {}  # routes of the ports the last snapshot removed
+        self.retired: dict[int, AppRoute] = {}  # routes of removed ports, for connections already on their way
         self.control: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.stopped = asyncio.Event()
         self.stopping = False
@@ -137,7 +138,10 @@ class Worker:
         if relay in self.relays:
             self.relays.discard(relay)
             assert relay.route is not None
-            relay.route.stats.active -= 1
+            stats = relay.route.stats
+            stats.active -= 1
+            stats.bytes_in += relay.bytes_in
+            stats.bytes_out += relay.bytes_out
             self.policy.release(relay.route)
             self.guard.relieved(2 * len(self.relays))
         if relay.target is not None:
@@ -238,7 +242,11 @@ class Worker:
         self.policy.bind(self.table, snapshot.cells)
         if self.health is not None and not self.stopping:
             self.health.apply(self.table, snapshot.cells)
-        self.retired = {p: r for p, r in old_table.by_port.items() if p not in self.table.by_port}
+        # Routes of removed ports stay known (until a port comes back): in bpf mode a port leaves the kernel's
+        # map only after every worker acknowledged, and back-to-back reloads may overlap that.
+        self.retired.update((p, r) for p, r in old_table.by_port.items() if p not in self.table.by_port)
+        for port in self.table.by_port:
+            self.retired.pop(port, None)
         self.snapshot = snapshot
         removed = [] if self.options.steered else [
             self.listeners.pop(p) for p in list(self.listeners) if p not in self.table.by_port]
@@ -268,6 +276,8 @@ class Worker:
             self.health.apply(self.table, self.snapshot.cells)
         self.loop.call_later(self.sweep_interval(), self.sweep_idle)
         self.send({"t": "ready", "version": self.snapshot.version, "pid": os.getpid()})
+        if self.options.stats_interval:
+            self.push_stats()
         await self.stopped.wait()
         control.cancel()
         return EXIT_OK
@@ -293,22 +303,41 @@ class Worker:
             relay.finish(reset=True)
         self.stopped.set()
 
+    def push_stats(self) -> None:
+        self.send({"t": "stats", "stats": self.stats()})
+        if not self.stopping and self.options.stats_interval:
+            self.loop.call_later(self.options.stats_interval, self.push_stats)
+
     def stats(self) -> dict[str, Any]:
-        now = time.monotonic()
-        return {
-            "version": self.snapshot.version,
-            "apps": {
-                name: {
-                    "active": route.stats.active, "total": route.stats.total, "failed": route.stats.failed,
-                    "failovers": route.stats.failovers, "refused": route.stats.refused,
-                    "targets": {
-                        str(t.target): {"outstanding": t.outstanding, "up": t.is_up(now), "failures": t.failures}
-                        for t in route.targets
-                    },
-                }
-                for name, route in self.table.apps.items()
-            },
-        }
+        """Counters since this worker started, per app and target (the supervisor sums the workers)."""
+        live: dict[int, list[int]] = {}
+        for relay in self.relays:
+            if relay.route is not None:
+                counts = live.setdefault(id(relay.route.stats), [0, 0])
+                counts[0] += relay.bytes_in
+                counts[1] += relay.bytes_out
+        apps = {}
+        for name, route in self.table.apps.items():
+            s = route.stats
+            open_in, open_out = live.get(id(s), (0, 0))
+            apps[name] = {
+                "active": s.active, "total": s.total, "failed": s.failed, "failovers": s.failovers,
+                "refused": s.refused,
+                "bytes_in": s.bytes_in + open_in, "bytes_out": s.bytes_out + open_out,
+                "connect": {"buckets": s.connect_buckets, "sum": s.connect_seconds},
+                "targets": {
+                    str(t.target): {"active": t.outstanding, "total": t.connects, "errors": t.errors,
+                                    "up": t.failures == 0 and (t.shared is None or t.shared.healthy())}
+                    for t in route.targets
+                },
+            }
+        return {"version": self.snapshot.version, "apps": apps}
+
+
+def _failpoint_active(value: str) -> bool:
+    """"worker-boot" fails every boot; "worker-boot:PATH" fails boots while PATH exists."""
+    name, _, path = value.partition(":")
+    return name == "worker-boot" and (not path or os.path.exists(path))
 
 
 def worker_main(
@@ -321,7 +350,7 @@ def worker_main(
     for signum in (signal.SIGTERM, signal.SIGCHLD, signal.SIGQUIT):
         signal.signal(signum, signal.SIG_DFL)
     setproctitle.setproctitle(f"skiff: worker {slot} (config v{snapshot.version})")
-    if os.environ.get(FAILPOINT_ENV) == "worker-boot":
+    if _failpoint_active(os.environ.get(FAILPOINT_ENV, "")):
         log_event(log, logging.ERROR, "worker_boot_failed", "failpoint worker-boot: failing on purpose", worker=slot)
         return EXIT_BOOT_FAILED
 
