@@ -19,7 +19,7 @@ from workers.routes import CONNECT_BUCKETS
 
 AppReport = dict[str, Any]
 # Counters that only go up (summed and kept across worker exits), as opposed to gauges (live workers only).
-APP_COUNTERS = ("total", "failed", "failovers", "bytes_in", "bytes_out")
+APP_COUNTERS = ("total", "failed", "failovers", "refused", "bytes_in", "bytes_out")
 
 
 def merge_counters(into: dict[str, AppReport], apps: dict[str, AppReport]) -> None:
@@ -99,6 +99,9 @@ def app_metrics(apps: dict[str, AppReport]) -> Iterator[Metric]:
                                  "Client connections closed because every target failed", labels=["app"])
     failovers = CounterMetricFamily("skiff_failovers", "Connect attempts that moved on to another target",
                                     labels=["app"])
+    refused = CounterMetricFamily("skiff_connections_refused",
+                                  "Client connections closed at once by a limit (HardLimit, every target at MaxConns)",
+                                  labels=["app"])
     received = CounterMetricFamily("skiff_received_bytes", "Bytes received from clients", labels=["app"])
     sent = CounterMetricFamily("skiff_sent_bytes", "Bytes sent to clients", labels=["app"])
     latency = HistogramMetricFamily("skiff_connect_duration_seconds",
@@ -116,6 +119,7 @@ def app_metrics(apps: dict[str, AppReport]) -> Iterator[Metric]:
         total.add_metric([name], app.get("total", 0))
         failed.add_metric([name], app.get("failed", 0))
         failovers.add_metric([name], app.get("failovers", 0))
+        refused.add_metric([name], app.get("refused", 0))
         received.add_metric([name], app.get("bytes_in", 0))
         sent.add_metric([name], app.get("bytes_out", 0))
         cumulative, running = [], 0
@@ -132,7 +136,7 @@ def app_metrics(apps: dict[str, AppReport]) -> Iterator[Metric]:
             t_up.add_metric([name, target], 1 if live["up"] else 0)
             for reason, n in sorted(counted["errors"].items()):
                 t_failures.add_metric([name, target, reason], n)
-    yield from (active, total, failed, failovers, received, sent, latency, t_active, t_total, t_failures, t_up)
+    yield from (active, total, failed, failovers, refused, received, sent, latency, t_active, t_total, t_failures, t_up)
 
 
 def process_metrics(info: ProcessInfo) -> Iterator[Metric]:

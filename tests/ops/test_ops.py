@@ -160,3 +160,30 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
     done = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "Type=notify" in unit.read_text() and "ExecReload=/bin/kill -HUP $MAINPID" in unit.read_text()
+
+
+def test_refusals_by_limit_are_counted(start_echo, start_skiff) -> None:  # type: ignore[no-untyped-def]
+    """1. An app with HardLimit 2; two clients hold connections. 2. Three more are closed at once.
+    3. /metrics counts 3 refused and 2 active."""
+    [target] = free_ports(1)
+    port, metrics_port = free_ports(2)
+    start_echo([target])
+    start_skiff([app("tight", [port], [f"127.0.0.1:{target}"], HardLimit=2)], "--metrics", f"127.0.0.1:{metrics_port}")
+    held = []
+    for _ in range(2):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        sock.sendall(b"x")
+        assert sock.recv(1) == b"x"
+        held.append(sock)
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(b"x")
+            try:
+                assert sock.recv(1) == b""
+            except ConnectionResetError:
+                pass
+    wait_for(lambda: metric(scrape(metrics_port), "skiff_connections_refused_total", app="tight") == 3, 5,
+             "three refusals")
+    assert metric(scrape(metrics_port), "skiff_connections_active", app="tight") == 2
+    for sock in held:
+        sock.close()
