@@ -58,6 +58,12 @@ class Connector:
         self.loop = asyncio.get_running_loop()
 
     async def connect(self, relay: ClientSide) -> None:
+        try:
+            await self._connect(relay)
+        finally:
+            relay.connect_task = None  # done: an idle connection should not keep its finished task alive
+
+    async def _connect(self, relay: ClientSide) -> None:
         route = relay.route
         assert route is not None
         stats = route.stats

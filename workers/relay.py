@@ -50,8 +50,8 @@ def _reset(transport: Any) -> None:
 
 class ClientSide(asyncio.Protocol):
     __slots__ = (
-        "active", "bytes_in", "bytes_out", "client", "client_eof", "connect_expired", "connect_task", "finished",
-        "header", "idle_since", "linger", "route", "target", "tried", "unanswered", "unanswered_size", "upstream",
+        "bytes_in", "bytes_out", "client", "client_eof", "connect_expired", "connect_task", "finished", "header",
+        "idle_since", "linger", "route", "seen", "target", "tried", "unanswered", "unanswered_size", "upstream",
         "upstream_eof", "worker",
     )
 
@@ -62,16 +62,16 @@ class ClientSide(asyncio.Protocol):
         self.upstream: Any = None
         self.target: TargetState | None = None
         # The client's bytes while the target has said nothing: sent on connect, kept for a replay. None once
-        # the target answered, or once too much was kept to replay.
-        self.unanswered: list[bytes] | None = []
+        # the target answered, or once too much was kept to replay; () (no allocation) until the first byte.
+        self.unanswered: list[bytes] | tuple[()] | None = ()
         self.unanswered_size = 0
         self.tried: list[TargetState] = []
         self.client_eof = False
         self.upstream_eof = False
         self.finished = False
-        self.active = True
         self.bytes_in = 0
         self.bytes_out = 0
+        self.seen = 0  # bytes_in + bytes_out at the last idle sweep: activity is derived, not flagged per read
         self.idle_since = 0.0
         self.connect_task: asyncio.Task[None] | None = None
         self.connect_expired = False  # the connect timer, not the client, cancelled connect_task
@@ -85,19 +85,21 @@ class ClientSide(asyncio.Protocol):
         self.worker.accepted(self)
 
     def data_received(self, data: bytes) -> None:
-        self.active = True
         self.bytes_in += len(data)
         upstream = self.upstream
+        kept = self.unanswered
         if upstream is not None:
             upstream.write(data)
-            if self.unanswered is None:
+            if kept is None:
                 return
             if self.unanswered_size + len(data) > REPLAY_LIMIT:
                 self.unanswered = None
                 return
-        elif self.unanswered is None:
-            self.unanswered = []  # Between targets after a replay was given up: hold what the next one gets.
-        self.unanswered.append(data)
+        if kept:
+            kept.append(data)
+        else:
+            # The first bytes (or, between targets after a replay was given up, what the next one gets).
+            self.unanswered = [data]
         self.unanswered_size += len(data)
         if upstream is None and self.unanswered_size > EARLY_BYTES_LIMIT:
             self.client.pause_reading()
@@ -206,7 +208,6 @@ class UpstreamSide(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         relay = self.relay
-        relay.active = True
         relay.bytes_out += len(data)
         if relay.unanswered is not None:
             relay.upstream_answered()

@@ -173,8 +173,9 @@ class Worker:
         now = time.monotonic()
         expired = []
         for relay in self.relays:
-            if relay.active:
-                relay.active = False
+            moved = relay.bytes_in + relay.bytes_out
+            if moved != relay.seen:
+                relay.seen = moved
                 relay.idle_since = now
             elif relay.route is not None and now - relay.idle_since >= relay.route.app.idle_timeout:
                 expired.append(relay)
