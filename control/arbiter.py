@@ -17,19 +17,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import orjson
-import psutil
 import setproctitle
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bpf.errors import SteeringError
 from control.handle import WorkerHandle, WorkerState
 from control.http import HttpError, HttpServer
-from control.metrics import AppReport, ProcessInfo, merge_counters, registry_for, summarize
+from control.metrics import AppReport, merge_counters
 from control.notify import Notifier
-from control.sockets import ListenError, SocketTable, enable_request_migration, open_group_listeners
+from control.sockets import ListenError, enable_request_migration
+from control.status import Observer
+from control.steering import BpfListeners, Listeners, ReuseportListeners
 from control.watcher import ConfigWatcher
 from proxy.config import load_config
 from proxy.counters import CellMap, CounterTable
@@ -39,9 +38,6 @@ from proxy.logs import log_event
 from proxy.plan import Plan, plan
 from proxy.snapshot import Snapshot, next_snapshot
 from workers.worker import EXIT_CRASHED, WorkerOptions, worker_main
-
-if TYPE_CHECKING:
-    from bpf.loader import Steering
 
 log = logging.getLogger("supervisor")
 
@@ -102,9 +98,9 @@ class Supervisor:
         self.counters = CounterTable(options.workers)
         self.cells = CellMap().assign(snapshot.config, snapshot.version, snapshot.version, self.counters.is_zero)
         self.snapshot = replace(snapshot, cells=self.cells.cells)
-        self.sockets = SocketTable(options.bind, options.workers)
-        self.steering: Steering | None = None
-        self.group_sockets: list[socket.socket] = []  # bpf mode: one listener per worker slot
+        self.listeners: Listeners = (
+            BpfListeners(options.bind, options.workers, options.instance, options.bpf_object, options.bpf_pin_root)
+            if options.steering == "bpf" else ReuseportListeners(options.bind, options.workers))
         self.handles: dict[int, WorkerHandle] = {}  # slot -> live worker
         self.by_pid: dict[int, WorkerHandle] = {}
         self.boot_failures = [0] * options.workers
@@ -124,22 +120,18 @@ class Supervisor:
         self.notifier = Notifier.from_environment()  # before any fork: workers must not inherit NOTIFY_SOCKET
         self.http: HttpServer | None = None
         self.retired: dict[str, AppReport] = {}  # counters of workers that exited, so totals never go back
-        self.registry = registry_for(self)
+        self.observer = Observer(self)
 
     # --- start ---------------------------------------------------------------------------------------
     def run(self) -> int:
         raise_fd_limit()
         try:
-            if self.options.steering == "bpf":
-                self.start_steering()
-            else:
-                self.sockets.open_ports(self.snapshot.config.ports)
+            self.listeners.open(self.snapshot.config.ports)
         except ListenError as exc:
             log_event(log, logging.ERROR, "listen_failed", str(exc), error=str(exc))
             return EXIT_CANNOT_LISTEN
         except SteeringError as exc:
             log_event(log, logging.ERROR, "steering_failed", str(exc), error=str(exc))
-            self.close_group_sockets()
             return EXIT_STEERING_FAILED
         problem = enable_request_migration()
         if problem:
@@ -148,12 +140,10 @@ class Supervisor:
         self.install_signals()
         if self.options.metrics:
             try:
-                self.http = HttpServer(self.options.metrics, self.selector, self.serve_http)
+                self.http = HttpServer(self.options.metrics, self.selector, self.observer.serve_http)
             except HttpError as exc:
                 log_event(log, logging.ERROR, "listen_failed", str(exc), error=str(exc))
-                self.stop_steering()
-                self.sockets.close_all()
-                self.close_group_sockets()
+                self.listeners.stop()
                 return EXIT_CANNOT_LISTEN
         if self.options.watch:
             try:
@@ -164,7 +154,7 @@ class Supervisor:
                           f"cannot watch {self.options.config_path} for changes ({exc}); SIGHUP still reloads")
         log_event(log, logging.INFO, "start",
                   f"starting: config v{self.snapshot.version} ({self.snapshot.config.summary()}), "
-                  f"{self.options.workers} workers, listening on {self.options.bind}, {self.steering_summary()}",
+                  f"{self.options.workers} workers, listening on {self.options.bind}, {self.listeners.summary()}",
                   version=self.snapshot.version, workers=self.options.workers)
         for slot in range(self.options.workers):
             self.spawn(slot)
@@ -174,51 +164,6 @@ class Supervisor:
         finally:
             self.cleanup()
         return self.exit_code
-
-    def start_steering(self) -> None:
-        """bpf mode: the group's listeners first, then the program (taking over pinned state if a previous
-        supervisor left some), then its socket, then the ports: connections queue until workers accept."""
-        from bpf.loader import Steering
-
-        host = "127.0.0.1" if self.options.bind == "0.0.0.0" else self.options.bind
-        self.group_sockets = open_group_listeners(host, self.options.workers)
-        steering = Steering.open(self.options.instance, self.options.bpf_object, pin_root=self.options.bpf_pin_root)
-        try:
-            steering.set_group_socket(0, self.group_sockets[0])
-            steering.set_bind_address(None if self.options.bind == "0.0.0.0" else self.options.bind)
-            steering.apply_ports(dict.fromkeys(self.snapshot.config.ports, 0))
-        except (SteeringError, ValueError):
-            steering.close(unpin=True)
-            raise
-        self.steering = steering
-
-    def steer_ports(self, ports: frozenset[int]) -> None:
-        if self.steering is None:
-            return
-        try:
-            diff = self.steering.apply_ports(dict.fromkeys(ports, 0))
-        except SteeringError as exc:
-            log_event(log, logging.ERROR, "steering_failed", f"cannot update the BPF port map: {exc}", error=str(exc))
-            return
-        log_event(log, logging.DEBUG, "steering_updated",
-                  f"BPF port map: {diff.upserted} added, {diff.deleted} removed, {diff.unchanged} unchanged")
-
-    def close_group_sockets(self) -> None:
-        for sock in self.group_sockets:
-            sock.close()
-        self.group_sockets = []
-
-    def steering_summary(self) -> str:
-        if self.options.steering != "bpf":
-            return "one socket per port per worker (reuseport)"
-        port = self.group_sockets[0].getsockname()[1] if self.group_sockets else 0
-        return f"BPF sk_lookup steering onto {self.options.workers} listeners on port {port}"
-
-    def listeners_for(self, slot: int) -> dict[int, socket.socket]:
-        if self.options.steering == "bpf":
-            sock = self.group_sockets[slot]
-            return {sock.getsockname()[1]: sock}
-        return self.sockets.for_slot(slot)
 
     def install_signals(self) -> None:
         self.wake_w.setblocking(False)
@@ -266,7 +211,7 @@ class Supervisor:
         for pending in list(self.pending):
             if pending.started + ACK_TIMEOUT <= now:
                 self.pending.remove(pending)
-                self.steer_ports(pending.ports)
+                self.listeners.acknowledged(pending.ports)
                 acked = sum(1 for h in self.handles.values() if h.acked_version >= pending.version)
                 log_event(log, logging.WARNING, "reload_slow",
                           f"config v{pending.version} acknowledged by only {acked}/{len(self.handles)} workers "
@@ -293,7 +238,7 @@ class Supervisor:
             elif signum in (signal.SIGTERM, signal.SIGINT):
                 self.begin_stop(signal.Signals(signum).name)
             elif signum == signal.SIGUSR1:
-                log_event(log, logging.INFO, "status", self.status_line())
+                log_event(log, logging.INFO, "status", self.observer.status_line())
 
     # --- workers -------------------------------------------------------------------------------------
     def spawn(self, slot: int) -> None:
@@ -305,10 +250,10 @@ class Supervisor:
             try:
                 parent_end.close()
                 self.forget_in_child(slot, child_end)
-                options = WorkerOptions(grace=self.options.grace, steered=self.steering is not None,
+                options = WorkerOptions(grace=self.options.grace, steered=self.listeners.steered,
                                         stats_interval=STATS_INTERVAL if self.http is not None else None,
                                         counters=self.counters)
-                code = worker_main(slot, child_end, self.listeners_for(slot), self.snapshot, options)
+                code = worker_main(slot, child_end, self.listeners.for_slot(slot), self.snapshot, options)
             except BaseException:
                 log.exception("worker %d failed to start", slot, extra={"event": "worker_crashed", "worker": slot})
             finally:
@@ -335,11 +280,8 @@ class Supervisor:
             self.watcher.close()
         for handle in self.handles.values():
             handle.channel.close()
-        for sockets in [*self.sockets.by_port.values(), self.group_sockets]:
-            for i, sock in enumerate(sockets):
-                if i != slot:
-                    sock.close()
-        keep = {0, 1, 2, child_end.fileno(), *(s.fileno() for s in self.listeners_for(slot).values())}
+        self.listeners.close_others_in_child(slot)
+        keep = {0, 1, 2, child_end.fileno(), *(s.fileno() for s in self.listeners.for_slot(slot).values())}
         # Whatever else was inherited (BPF map, link and lock descriptors, library fds) is not the worker's.
         for name in os.listdir("/proc/self/fd"):
             fd = int(name)
@@ -493,12 +435,10 @@ class Supervisor:
             return
         change = plan(current.config, config)
         self.notifier.reloading()
-        steered = self.steering is not None
         settled = min((h.acked_version for h in self.handles.values()), default=current.version)
         try:
             cells = self.cells.assign(config, new.version, settled, self.counters.is_zero)
-            if not steered:
-                self.sockets.open_ports(change.added_ports)  # Sockets exist in every slot before any worker is told.
+            added = self.listeners.prepare(change.added_ports)  # Sockets exist before any worker is told.
         except (ConfigError, ListenError) as exc:
             self.reload_failed(trigger, str(exc))
             self.notifier.ready(f"serving config v{current.version}; last reload failed")
@@ -509,12 +449,11 @@ class Supervisor:
         new = replace(new, cells=cells.cells)
         self.snapshot = new
         self.pending.append(PendingReload(new.version, time.monotonic(), change, config.ports))
-        added = [] if steered else sorted(change.added_ports)
         for handle in list(self.handles.values()):
             self.send_snapshot(handle, added)
         # reuseport: our copies of removed ports go now; each worker closes its own after draining its queue.
         # bpf: the port map follows once every worker knows the new routes (check_pending).
-        self.sockets.close_ports(change.removed_ports)
+        self.listeners.told(change.removed_ports)
         self.reload_status = ReloadStatus(True, time.time(), None, self.reload_status.reloads + 1,
                                           self.reload_status.failures)
         self.set_title()
@@ -525,7 +464,7 @@ class Supervisor:
     def send_snapshot(self, handle: WorkerHandle, added: list[int]) -> None:
         for start in range(0, len(added), FDS_PER_MESSAGE):
             chunk = added[start:start + FDS_PER_MESSAGE]
-            fds = [sock.fileno() for sock in self.sockets.for_slot(handle.slot, chunk).values()]
+            fds = self.listeners.descriptors(handle.slot, chunk)
             if not self.send(handle, {"t": "sockets", "ports": chunk}, fds):
                 return
         self.send(handle, {"t": "snapshot", "snapshot": self.snapshot.to_wire()})
@@ -542,7 +481,7 @@ class Supervisor:
             live = [h for h in self.handles.values() if h.state is not WorkerState.STARTING]
             if all(h.acked_version >= pending.version for h in live):
                 self.pending.remove(pending)
-                self.steer_ports(pending.ports)
+                self.listeners.acknowledged(pending.ports)
                 ms = (time.monotonic() - pending.started) * 1000
                 log_event(log, logging.INFO, "reload_applied",
                           f"config v{pending.version} applied by {len(live)}/{self.options.workers} workers in "
@@ -571,131 +510,22 @@ class Supervisor:
                 self.send(handle, {"t": "drain"})
         # New connections are refused from here on: the program is detached (bpf) and our copies of the
         # listeners go; each worker closes its own once it has taken over what the kernel already queued.
-        self.stop_steering()
-        self.sockets.close_all()
-        self.close_group_sockets()
+        self.listeners.stop()
         self.kill_at = time.monotonic() + self.options.grace + KILL_MARGIN
-
-    def stop_steering(self) -> None:
-        if self.steering is None:
-            return
-        steering, self.steering = self.steering, None
-        try:
-            steering.close(unpin=True)
-        except SteeringError as exc:
-            log_event(log, logging.ERROR, "steering_failed", str(exc), error=str(exc))
 
     def cleanup(self) -> None:
         if self.http is not None:
             self.http.close()
         self.notifier.close()
-        self.stop_steering()
-        self.sockets.close_all()
-        self.close_group_sockets()
+        self.listeners.stop()
         if self.watcher is not None:
             self.watcher.close()
         signal.set_wakeup_fd(-1)
         log_event(log, logging.INFO, "stopped", f"stopped (exit code {self.exit_code})")
 
-    # --- observing -----------------------------------------------------------------------------------
     def set_title(self) -> None:
         setproctitle.setproctitle(
             f"skiff: supervisor (config v{self.snapshot.version}, {self.options.workers} workers)")
-
-    def serve_http(self, path: str) -> tuple[int, str, bytes]:
-        if path == "/metrics":
-            return 200, CONTENT_TYPE_LATEST, generate_latest(self.registry)
-        if path == "/healthz":
-            problem = self.health_problem()
-            return (503, "text/plain", f"unhealthy: {problem}\n".encode()) if problem else (200, "text/plain", b"ok\n")
-        if path == "/status":
-            return 200, "application/json", orjson.dumps(self.status(), option=orjson.OPT_INDENT_2)
-        return 404, "text/plain", b"not found: try /metrics, /healthz or /status\n"
-
-    def health_problem(self) -> str | None:
-        """None when every worker slot serves the current version, else why not."""
-        version = self.snapshot.version
-        for slot in range(self.options.workers):
-            handle = self.handles.get(slot)
-            if handle is None:
-                return f"worker {slot} is not running"
-            if handle.state is not WorkerState.READY:
-                return f"worker {slot} is {handle.state.value}"
-            if handle.acked_version != version:
-                return f"worker {slot} serves config v{handle.acked_version}, not v{version}"
-        return None
-
-    def worker_usage(self) -> dict[int, tuple[int, float, float]]:
-        usage = {}
-        for slot, handle in self.handles.items():
-            try:
-                process = psutil.Process(handle.pid)
-                times = process.cpu_times()
-                usage[slot] = (handle.pid, float(process.memory_info().rss), times.user + times.system)
-            except psutil.Error:
-                continue
-        return usage
-
-    def metrics_view(self) -> tuple[dict[str, AppReport], ProcessInfo]:
-        live = [h.stats["apps"] for h in self.handles.values() if isinstance(h.stats.get("apps"), dict)]
-        apps = summarize(self.retired, live, [a.name for a in self.snapshot.config.apps])  # type: ignore[arg-type]
-        status = self.reload_status
-        info = ProcessInfo(
-            version=self.snapshot.version, last_reload_ok=status.ok, last_reload_time=status.at,
-            reloads_ok=status.reloads, reloads_failed=status.failures, worker_restarts=self.worker_restarts,
-            workers_ready=sum(1 for h in self.handles.values()
-                              if h.state is WorkerState.READY and h.acked_version == self.snapshot.version),
-            workers_wanted=self.options.workers,
-            steering=self.steering.counters() if self.steering is not None else {},
-            worker_usage=[(slot, rss, cpu) for slot, (_, rss, cpu) in sorted(self.worker_usage().items())],
-        )
-        return apps, info
-
-    def status(self) -> dict[str, Any]:
-        apps, info = self.metrics_view()
-        usage = self.worker_usage()
-        return {
-            "version": self.snapshot.version,
-            "digest": self.snapshot.digest,
-            "healthy": self.health_problem() is None,
-            "steering": self.options.steering,
-            "bpf": info.steering or None,
-            "last_reload": {"ok": self.reload_status.ok, "at": self.reload_status.at,
-                            "error": self.reload_status.error, "reloads": self.reload_status.reloads,
-                            "failures": self.reload_status.failures},
-            "worker_restarts": self.worker_restarts,
-            "workers": [
-                {"slot": h.slot, "pid": h.pid, "state": h.state.value, "version": h.acked_version,
-                 "rss_bytes": usage.get(h.slot, (0, 0.0, 0.0))[1], "cpu_seconds": usage.get(h.slot, (0, 0.0, 0.0))[2]}
-                for h in sorted(self.handles.values(), key=lambda h: h.slot)
-            ],
-            "apps": {
-                name: {"active": app["active"], "total": app.get("total", 0),
-                       "targets": {t: {"up": v["up"], "active": v["active"]} for t, v in app["live_targets"].items()}}
-                for name, app in apps.items()
-            },
-        }
-
-    def status_line(self) -> str:
-        parts = [f"config v{self.snapshot.version}",
-                 "last reload " + ("ok" if self.reload_status.ok else f"FAILED: {self.reload_status.error}")]
-        if self.steering is not None:
-            counters = self.steering.counters()
-            parts.append("bpf " + " ".join(f"{k} {v}" for k, v in counters.items()))
-        for slot in range(self.options.workers):
-            handle = self.handles.get(slot)
-            if handle is None:
-                parts.append(f"worker {slot} down")
-                continue
-            try:
-                process = psutil.Process(handle.pid)
-                rss = process.memory_info().rss / 2**20
-                times = process.cpu_times()
-                usage = f"rss {rss:.1f} MiB cpu {times.user + times.system:.2f} s"
-            except psutil.Error:
-                usage = "gone"
-            parts.append(f"worker {slot} pid {handle.pid} {handle.state.value} v{handle.acked_version} {usage}")
-        return "status: " + "; ".join(parts)
 
 
 def raise_fd_limit() -> None:

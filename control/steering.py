@@ -1,13 +1,24 @@
-"""Choosing how connections reach the workers: one socket per port per worker (reuseport), or BPF sk_lookup
-steering onto one listener per worker group (bpf). `auto` probes and falls back with one clear line."""
+"""How connections reach the workers: one socket per port per worker (reuseport), or BPF sk_lookup steering
+onto one listener per worker group (bpf). `auto` probes and falls back with one clear line.
+
+Both kinds of listeners answer the same questions for the supervisor: what a slot's worker serves, what a
+reload must open and pass before the workers are told, and what follows once every worker acknowledged.
+"""
 
 from __future__ import annotations
 
 import logging
+import socket
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from bpf.errors import SteeringError
+from control.sockets import SocketTable, open_group_listeners
 from proxy.logs import log_event
+
+if TYPE_CHECKING:
+    from bpf.loader import Steering
 
 log = logging.getLogger("supervisor")
 
@@ -42,3 +53,140 @@ def choose_steering(requested: str, obj_path: Path) -> SteeringChoice:
               f"--steering auto: BPF steering unavailable ({problem}); using one socket per port per worker",
               error=problem)
     return SteeringChoice("reuseport", problem)
+
+
+class ReuseportListeners:
+    """One SO_REUSEPORT socket per port per worker slot; a reload opens new ports' sockets before any worker
+    is told and closes our copies of removed ones right after (each worker drains its own)."""
+
+    steered = False
+
+    def __init__(self, bind: str, slots: int) -> None:
+        self.table = SocketTable(bind, slots)
+
+    def open(self, ports: frozenset[int]) -> None:
+        self.table.open_ports(ports)
+
+    def for_slot(self, slot: int) -> dict[int, socket.socket]:
+        return self.table.for_slot(slot)
+
+    def close_others_in_child(self, slot: int) -> None:
+        for sockets in self.table.by_port.values():
+            for i, sock in enumerate(sockets):
+                if i != slot:
+                    sock.close()
+
+    def prepare(self, added: frozenset[int]) -> list[int]:
+        """Open the sockets of added ports in every slot; returns the ports whose sockets workers must get."""
+        self.table.open_ports(added)
+        return sorted(added)
+
+    def descriptors(self, slot: int, ports: list[int]) -> list[int]:
+        return [sock.fileno() for sock in self.table.for_slot(slot, ports).values()]
+
+    def told(self, removed: frozenset[int]) -> None:
+        self.table.close_ports(removed)
+
+    def acknowledged(self, ports: frozenset[int]) -> None:
+        """Every worker serves a config with these ports; nothing to do: the sockets already follow."""
+
+    def stop(self) -> None:
+        self.table.close_all()
+
+    def summary(self) -> str:
+        return "one socket per port per worker (reuseport)"
+
+    def counters(self) -> dict[str, int]:
+        return {}
+
+
+class BpfListeners:
+    """One SO_REUSEPORT listener per worker on one steering address; the sk_lookup program's port map says
+    which ports are ours. The map follows a reload once every worker knows the new routes."""
+
+    steered = True
+
+    def __init__(self, bind: str, slots: int, instance: str, obj_path: Path, pin_root: Path) -> None:
+        self.bind = bind
+        self.slots = slots
+        self.instance = instance
+        self.obj_path = obj_path
+        self.pin_root = pin_root
+        self.sockets: list[socket.socket] = []
+        self.steering: Steering | None = None
+
+    def open(self, ports: frozenset[int]) -> None:
+        """The group's listeners first, then the program (taking over pinned state a previous supervisor left),
+        then its socket, then the ports: connections queue until the workers accept."""
+        from bpf.loader import Steering
+
+        host = "127.0.0.1" if self.bind == "0.0.0.0" else self.bind
+        self.sockets = open_group_listeners(host, self.slots)
+        try:
+            steering = Steering.open(self.instance, self.obj_path, pin_root=self.pin_root)
+        except SteeringError:
+            self.close_sockets()
+            raise
+        try:
+            steering.set_group_socket(0, self.sockets[0])
+            steering.set_bind_address(None if self.bind == "0.0.0.0" else self.bind)
+            steering.apply_ports(dict.fromkeys(ports, 0))
+        except (SteeringError, ValueError):
+            steering.close(unpin=True)
+            self.close_sockets()
+            raise
+        self.steering = steering
+
+    def for_slot(self, slot: int) -> dict[int, socket.socket]:
+        sock = self.sockets[slot]
+        return {sock.getsockname()[1]: sock}
+
+    def close_others_in_child(self, slot: int) -> None:
+        for i, sock in enumerate(self.sockets):
+            if i != slot:
+                sock.close()
+
+    def prepare(self, added: frozenset[int]) -> list[int]:
+        return []
+
+    def descriptors(self, slot: int, ports: list[int]) -> list[int]:
+        return []
+
+    def told(self, removed: frozenset[int]) -> None:
+        """Removed ports stay in the map until every worker acknowledged: they are still served meanwhile."""
+
+    def acknowledged(self, ports: frozenset[int]) -> None:
+        if self.steering is None:
+            return
+        try:
+            diff = self.steering.apply_ports(dict.fromkeys(ports, 0))
+        except SteeringError as exc:
+            log_event(log, logging.ERROR, "steering_failed", f"cannot update the BPF port map: {exc}", error=str(exc))
+            return
+        log_event(log, logging.DEBUG, "steering_updated",
+                  f"BPF port map: {diff.upserted} added, {diff.deleted} removed, {diff.unchanged} unchanged")
+
+    def stop(self) -> None:
+        """Detach and unpin (new connections to our ports are refused from here on), then close our copies."""
+        steering, self.steering = self.steering, None
+        if steering is not None:
+            try:
+                steering.close(unpin=True)
+            except SteeringError as exc:
+                log_event(log, logging.ERROR, "steering_failed", str(exc), error=str(exc))
+        self.close_sockets()
+
+    def close_sockets(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+        self.sockets = []
+
+    def summary(self) -> str:
+        port = self.sockets[0].getsockname()[1] if self.sockets else 0
+        return f"BPF sk_lookup steering onto {self.slots} listeners on port {port}"
+
+    def counters(self) -> dict[str, int]:
+        return self.steering.counters() if self.steering is not None else {}
+
+
+Listeners = ReuseportListeners | BpfListeners
