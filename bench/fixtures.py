@@ -123,6 +123,8 @@ class Processes:
 
 def port_is_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # As the servers bind: TIME_WAIT sockets left by an earlier run do not make a port busy.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
@@ -131,7 +133,7 @@ def port_is_free(port: int) -> bool:
 
 
 def require_free(ports: list[int]) -> None:
-    busy = [p for p in ports if not port_is_free(p)]
+    busy = sorted({p for p in ports if not port_is_free(p)})
     if busy:
         raise FixtureError(f"ports already in use on 127.0.0.1: {busy}; pick another --base-port")
 

@@ -97,11 +97,14 @@ def raise_nofile_limit() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def interrupt_on_sigterm() -> None:
+def interrupt_on_signals() -> None:
+    """SIGTERM and SIGINT both unwind through the cleanup; SIGINT explicitly, as a background job inherits it ignored."""
+
     def handler(signum: int, _frame: object) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
 
 
 def first_line(argv: list[str]) -> str:
@@ -252,7 +255,7 @@ def main(argv: list[str]) -> int:
         print(f"bench: skiff not found: {settings.skiff_cmd[-1]} (use --skiff-cmd or --targets)", file=sys.stderr)
         return 2
     raise_nofile_limit()
-    interrupt_on_sigterm()
+    interrupt_on_signals()
     settings.out_dir.mkdir(parents=True)
     started, t0 = datetime.datetime.now().astimezone(), time.monotonic()
     procs = Processes(settings.out_dir)
