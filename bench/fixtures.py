@@ -6,6 +6,7 @@ when the run fails or is interrupted. Config files are written into the run's te
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shlex
 import signal
@@ -96,10 +97,8 @@ class Processes:
             _, alive = psutil.wait_procs(family, timeout=STOP_TIMEOUT_S)
             for child in alive:
                 print(f"bench: descendant {child.pid} outlived its parent; killing it", file=sys.stderr)
-                try:
+                with contextlib.suppress(psutil.NoSuchProcess):
                     child.kill()
-                except psutil.NoSuchProcess:
-                    pass
         for pipe in (proc.stdin, proc.stdout):
             if pipe is not None:
                 pipe.close()
@@ -108,10 +107,8 @@ class Processes:
         """End a process started with start_piped by closing its stdin (its cue to exit), then as `stop`."""
         if proc.stdin is not None:
             proc.stdin.close()
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            pass
         self.stop(proc)
         self.started = [(n, p) for n, p in self.started if p is not proc]
 
@@ -146,7 +143,8 @@ def wait_listening(procs: Processes, name: str, proc: subprocess.Popen[bytes], p
         if proc.poll() is not None:
             raise FixtureError(f"{name} exited with {proc.returncode}:\n{procs.log_tail(name)}")
         if time.monotonic() > deadline:
-            raise FixtureError(f"{name} not listening on {pending} after {READY_TIMEOUT_S:.0f}s:\n{procs.log_tail(name)}")
+            waited = f"{READY_TIMEOUT_S:.0f}s"
+            raise FixtureError(f"{name} not listening on {pending} after {waited}:\n{procs.log_tail(name)}")
         try:
             socket.create_connection(("127.0.0.1", pending[0]), timeout=1.0).close()
             pending.pop(0)

@@ -144,7 +144,7 @@ def memory_of_tree(pid: int) -> tuple[int, int, int]:
 def wait_for_fds(pid: int, at_least: int, timeout_s: float) -> int:
     """Wait until a process (the idle server) has at least that many fds open: every connection got through."""
     deadline = time.monotonic() + timeout_s
-    while (n := psutil.Process(pid).num_fds()) < at_least:
+    while (n := int(psutil.Process(pid).num_fds())) < at_least:
         if time.monotonic() > deadline:
             raise LoadError(f"idle server holds {n} fds, wanted {at_least}, after {timeout_s:.0f}s")
         time.sleep(0.1)

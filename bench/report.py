@@ -17,6 +17,8 @@ from typing import Any
 
 BASELINE = "haproxy"
 DIRECT = "direct"
+TIMES = "\u00d7"  # the multiplication sign of ratios
+NONE = "\u2013"  # en dash: no value
 
 
 @dataclass(frozen=True)
@@ -56,13 +58,13 @@ class Goal:
 
 
 GOALS: tuple[Goal, ...] = (
-    Goal("keepalive_rps", ">=", 1.0, "keep-alive req/s ≥ 1.0× HAProxy"),
-    Goal("newconn_rps", ">=", 0.8, "new conn/s ≥ 0.8× HAProxy"),
-    Goal("bulk_p1_gbps", ">=", 1.0, "bulk -P1 Gbit/s ≥ 1.0× HAProxy"),
-    Goal("bulk_p4_gbps", ">=", 1.0, "bulk -P4 Gbit/s ≥ 1.0× HAProxy"),
-    Goal("bulk_p1_cpu_s_per_gb", "<=", 0.6, "bulk -P1 CPU per GB ≤ 0.6× HAProxy"),
-    Goal("bulk_p4_cpu_s_per_gb", "<=", 0.6, "bulk -P4 CPU per GB ≤ 0.6× HAProxy"),
-    Goal("idle_rss_kib_per_conn", "<=", 1.0, "RSS per idle proxied connection ≤ 1.0× HAProxy"),
+    Goal("keepalive_rps", ">=", 1.0, f"keep-alive req/s ≥ 1.0{TIMES} HAProxy"),
+    Goal("newconn_rps", ">=", 0.8, f"new conn/s ≥ 0.8{TIMES} HAProxy"),
+    Goal("bulk_p1_gbps", ">=", 1.0, f"bulk -P1 Gbit/s ≥ 1.0{TIMES} HAProxy"),
+    Goal("bulk_p4_gbps", ">=", 1.0, f"bulk -P4 Gbit/s ≥ 1.0{TIMES} HAProxy"),
+    Goal("bulk_p1_cpu_s_per_gb", "<=", 0.6, f"bulk -P1 CPU per GB ≤ 0.6{TIMES} HAProxy"),
+    Goal("bulk_p4_cpu_s_per_gb", "<=", 0.6, f"bulk -P4 CPU per GB ≤ 0.6{TIMES} HAProxy"),
+    Goal("idle_rss_kib_per_conn", "<=", 1.0, f"RSS per idle proxied connection ≤ 1.0{TIMES} HAProxy"),
 )
 
 
@@ -97,7 +99,7 @@ def skiff_targets(targets: Sequence[str]) -> list[str]:
 
 def fmt_value(value: float | None, metric: str) -> str:
     if value is None:
-        return "–"
+        return NONE
     unit = METRIC_BY_KEY[metric].unit
     if unit == "req/s":
         return f"{value / 1000:.1f}k"
@@ -107,7 +109,7 @@ def fmt_value(value: float | None, metric: str) -> str:
 
 
 def fmt_ratio(value: float | None) -> str:
-    return "–" if value is None else f"{value:.2f}×"
+    return NONE if value is None else f"{value:.2f}{TIMES}"
 
 
 def results_table(med: dict[tuple[str, str], float], targets: Sequence[str]) -> list[str]:
@@ -131,7 +133,7 @@ def ratio_table(med: dict[tuple[str, str], float], targets: Sequence[str]) -> li
             if base not in targets:
                 continue
             cells = [
-                "–" if base == DIRECT and m.proxied_only else fmt_ratio(ratio(med, t, base, m.key))
+                NONE if base == DIRECT and m.proxied_only else fmt_ratio(ratio(med, t, base, m.key))
                 for m in METRICS
             ]
             lines.append(f"| {t} / {base} | " + " | ".join(cells) + " |")
@@ -152,7 +154,7 @@ def goals_section(med: dict[tuple[str, str], float], targets: Sequence[str]) -> 
         cells = []
         for t in skiffs:
             r = ratio(med, t, BASELINE, goal.metric)
-            cells.append("no data" if r is None else f"{'PASS' if goal.holds(r) else 'FAIL'} ({r:.2f}×)")
+            cells.append("no data" if r is None else f"{'PASS' if goal.holds(r) else 'FAIL'} ({r:.2f}{TIMES})")
         lines.append(f"| {goal.text} | " + " | ".join(cells) + " |")
     return lines
 
@@ -167,7 +169,7 @@ def rounds_table(samples: Sequence[Sample], targets: Sequence[str]) -> list[str]
         cells = []
         for m in METRICS:
             values = [s.value for s in sorted(samples, key=lambda s: s.round) if (s.target, s.metric) == (t, m.key)]
-            cells.append(" / ".join(fmt_value(v, m.key) for v in values) or "–")
+            cells.append(" / ".join(fmt_value(v, m.key) for v in values) or NONE)
         lines.append(f"| {t} | " + " | ".join(cells) + " |")
     return lines
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.metadata
 import json
 import os
 import platform
@@ -98,7 +99,7 @@ def raise_nofile_limit() -> None:
 
 
 def interrupt_on_signals() -> None:
-    """SIGTERM and SIGINT both unwind through the cleanup; SIGINT explicitly, as a background job inherits it ignored."""
+    """SIGTERM and SIGINT both unwind through the cleanup (SIGINT explicitly: background jobs inherit it ignored)."""
 
     def handler(signum: int, _frame: object) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
@@ -132,15 +133,13 @@ def machine_info() -> dict[str, str]:
 
 
 def versions(settings: Settings) -> dict[str, str]:
-    import uvloop
-
     found = {
         "haproxy": first_line(["haproxy", "-v"]),
         "nginx": first_line(["nginx", "-v"]),
         "wrk": first_line(["wrk", "-v"]),
         "iperf3": first_line(["iperf3", "-v"]),
         "python (harness)": sys.version.split()[0],
-        "uvloop (harness)": uvloop.__version__,
+        "uvloop (harness)": importlib.metadata.version("uvloop"),
     }
     if any(t.startswith("skiff") for t in settings.targets):
         py = settings.skiff_cmd[0]
@@ -187,7 +186,7 @@ def target_alive(target: Target) -> bool:
     if target.pid is None:
         return True
     try:
-        return psutil.Process(target.pid).status() != psutil.STATUS_ZOMBIE
+        return bool(psutil.Process(target.pid).status() != psutil.STATUS_ZOMBIE)
     except psutil.NoSuchProcess:
         return False
 
