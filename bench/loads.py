@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -141,14 +142,20 @@ def memory_of_tree(pid: int) -> tuple[int, int, int]:
     return rss, uss, count
 
 
-def wait_for_fds(pid: int, at_least: int, timeout_s: float) -> int:
-    """Wait until a process (the idle server) has at least that many fds open: every connection got through."""
+def other_fds(pid: int) -> int:
+    """The idle server's fds that are not connections (listener, epoll, pipes...): read once, it is slow."""
+    proc = psutil.Process(pid)
+    connections = sum(1 for c in proc.net_connections("tcp") if c.status != psutil.CONN_LISTEN)
+    return int(proc.num_fds()) - connections
+
+
+def wait_for_fds(pid: int, done: Callable[[int], bool], want: str, timeout_s: float) -> None:
+    """Wait, within a deadline, until the idle server's fd count satisfies `done` (cheap to read, unlike sockets)."""
     deadline = time.monotonic() + timeout_s
-    while (n := int(psutil.Process(pid).num_fds())) < at_least:
+    while not done(n := int(psutil.Process(pid).num_fds())):
         if time.monotonic() > deadline:
-            raise LoadError(f"idle server holds {n} fds, wanted {at_least}, after {timeout_s:.0f}s")
+            raise LoadError(f"idle server has {n} fds open, wanted {want}, after {timeout_s:.0f}s")
         time.sleep(0.1)
-    return n
 
 
 def run_idle(procs: Processes, target: Target, idle_server_pid: int, count: int) -> Result:
@@ -158,14 +165,16 @@ def run_idle(procs: Processes, target: Target, idle_server_pid: int, count: int)
     argvs = [
         [sys.executable, str(BENCH_DIR / "idle.py"), "hold", f"127.0.0.1:{target.ports.idle}", str(n)] for n in shares
     ]
-    server_fds = psutil.Process(idle_server_pid).num_fds()
+    # The previous target's connections must be gone, or they would count for this one.
+    base = other_fds(idle_server_pid)
+    wait_for_fds(idle_server_pid, lambda n: n <= base, f"{base} before the test", timeout_s=30.0)
     rss0, uss0, nprocs = memory_of_tree(target.pid)
     holders = [procs.start_piped(f"idle-hold-{i}", argv) for i, argv in enumerate(argvs)]
     try:
         held = sum(read_ready(h, timeout_s=60.0) for h in holders)
         if held != count:
             raise LoadError(f"holders opened {held} of {count} connections through {target.name}")
-        wait_for_fds(idle_server_pid, server_fds + count, timeout_s=30.0)
+        wait_for_fds(idle_server_pid, lambda n: n >= base + count, f"{base} + {count:,}", timeout_s=30.0)
         time.sleep(IDLE_SETTLE_S)  # let the proxy finish the allocations that follow its upstream connects
         rss1, uss1, _ = memory_of_tree(target.pid)
     finally:
