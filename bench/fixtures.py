@@ -112,6 +112,15 @@ class Processes:
         self.stop(proc)
         self.started = [(n, p) for n, p in self.started if p is not proc]
 
+    def stop_pid(self, pid: int) -> None:
+        """Stop one process started here, found by its PID."""
+        for name, proc in self.started:
+            if proc.pid == pid:
+                self.stop(proc)
+                self.started.remove((name, proc))
+                return
+        raise ValueError(f"pid {pid} was not started by this harness")
+
     def stop_all(self) -> None:
         while self.started:
             _, proc = self.started.pop()
