@@ -23,6 +23,7 @@ from fixtures import BENCH_DIR, Processes, Target
 
 SLACK_S = 20.0  # on top of a load's duration before it counts as hung and is killed
 IDLE_SETTLE_S = 1.0
+DRAIN_TIMEOUT_S = 10.0
 IDLE_HOLDERS = 3  # client processes for the idle test: 9,000 sockets stay far below 20,000 fds each
 
 
@@ -165,9 +166,15 @@ def run_idle(procs: Processes, target: Target, idle_server_pid: int, count: int)
     argvs = [
         [sys.executable, str(BENCH_DIR / "idle.py"), "hold", f"127.0.0.1:{target.ports.idle}", str(n)] for n in shares
     ]
-    # The previous target's connections must be gone, or they would count for this one.
+    # The previous target's connections should be gone, or they would count for this one. Any that a leaky
+    # proxy never closes become part of the baseline (and are reported) rather than failing every later test.
     base = other_fds(idle_server_pid)
-    wait_for_fds(idle_server_pid, lambda n: n <= base, f"{base} before the test", timeout_s=30.0)
+    try:
+        wait_for_fds(idle_server_pid, lambda n: n <= base, f"{base} before the test", timeout_s=DRAIN_TIMEOUT_S)
+    except LoadError:
+        stale = int(psutil.Process(idle_server_pid).num_fds()) - base
+        print(f"[{stale} stale connections at the idle server, left by an earlier test]", end=" ", flush=True)
+        base += stale
     rss0, uss0, nprocs = memory_of_tree(target.pid)
     holders = [procs.start_piped(f"idle-hold-{i}", argv) for i, argv in enumerate(argvs)]
     try:

@@ -31,12 +31,16 @@ class Pipe(asyncio.Protocol):
         self.peer: Pipe | None = None
         self.early: list[bytes] = []  # bytes read before the upstream connection exists
         self.early_eof = False
+        self.connecting: asyncio.Task[None] | None = None  # the loop holds tasks weakly: keep it alive here
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
 
     def attach(self, peer: Pipe) -> None:
         self.peer = peer
+        if peer.transport.is_closing():  # the client left while we were connecting upstream
+            self.transport.close()
+            return
         for chunk in self.early:
             peer.transport.write(chunk)
         self.early.clear()
@@ -79,13 +83,14 @@ def accept(targets: Iterator[tuple[str, int]]) -> Pipe:
         host, port = next(targets)
         try:
             _, upstream = await asyncio.get_running_loop().create_connection(Pipe, host, port)
-        except OSError:
+        except OSError as e:
+            print(f"standin_proxy: connect {host}:{port}: {e}", file=sys.stderr, flush=True)
             client.transport.close()
             return
         upstream.attach(client)
         client.attach(upstream)
 
-    asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(connect()))
+    client.connecting = asyncio.get_running_loop().create_task(connect())
     return client
 
 
@@ -104,7 +109,8 @@ async def work(listeners: list[tuple[socket.socket, list[tuple[str, int]]]]) -> 
     loop = asyncio.get_running_loop()
     for sock, targets in listeners:
         cycle = itertools.cycle(targets)
-        await loop.create_server(lambda cycle=cycle: accept(cycle), sock=sock)  # type: ignore[misc]
+        # backlog again: create_server re-listens on a passed socket, with 100 unless told otherwise.
+        await loop.create_server(lambda cycle=cycle: accept(cycle), sock=sock, backlog=4096)  # type: ignore[misc]
     await asyncio.Event().wait()
 
 
