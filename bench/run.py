@@ -1,6 +1,6 @@
 """skiff against HAProxy (1 thread) and the direct path, in one run, on loopback; writes BENCHMARKS.md.
 
-    python bench/run.py --rounds 3 --out bench/BENCHMARKS.md     # full: about 12 minutes
+    python bench/run.py --rounds 3 --out bench/BENCHMARKS.md     # full: about 10 minutes
     python bench/run.py --quick                                  # 1 round, 3 s loads, 1,000 idle conns
 
 Backends: nginx (`return 200 "ok"`) for wrk, an iperf3 server for bulk, bench/idle.py for idle connections.
