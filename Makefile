@@ -38,6 +38,12 @@ run: setup
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# The benchmark against HAProxy (not part of `make test`): installs haproxy, nginx, wrk and iperf3 when
+# missing, runs 3 interleaved rounds (about 10 minutes) and writes bench/BENCHMARKS.md.
+bench: setup
+	bash bench/setup.sh
+	$(PY) bench/run.py --rounds 3 --out bench/BENCHMARKS.md
+
 lint: venv
 	$(PY) -m ruff check .
 	$(PY) -m mypy supervisor.py proxy workers control bpf tester
