@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
-
 from fixtures import BENCH_DIR, Processes, Target
 
 SLACK_S = 20.0  # on top of a load's duration before it counts as hung and is killed

@@ -28,10 +28,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 import fixtures
 import loads
+import psutil
 import report
 from fixtures import BENCH_DIR, Ports, Processes, Target
 

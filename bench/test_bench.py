@@ -5,9 +5,8 @@
 
 from __future__ import annotations
 
-import pytest
-
 import loads
+import pytest
 import report
 from report import Sample
 
