@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "bpf"))
+sys.path[:0] = [str(REPO), str(REPO / "tests" / "bpf")]
 
 from netns_client import NamedTargets, Namespace, Process, Supervisor, split_reply, stop_all, write_config  # noqa: E402
 

@@ -393,7 +393,9 @@ class Supervisor:
         self.respawn_at[handle.slot] = time.monotonic() + delay
 
     def send(self, handle: WorkerHandle, message: dict[str, Any], fds: list[int] | None = None) -> bool:
-        frame = encode(message)
+        return self.send_frame(handle, encode(message), fds)
+
+    def send_frame(self, handle: WorkerHandle, frame: bytes, fds: list[int] | None = None) -> bool:
         try:
             if fds:
                 sent = socket.send_fds(handle.channel, [frame], fds)
@@ -449,8 +451,9 @@ class Supervisor:
         new = replace(new, cells=cells.cells)
         self.snapshot = new
         self.pending.append(PendingReload(new.version, time.monotonic(), change, config.ports))
+        frame = encode({"t": "snapshot", "snapshot": new.to_wire()})
         for handle in list(self.handles.values()):
-            self.send_snapshot(handle, added)
+            self.send_snapshot(handle, added, frame)
         # reuseport: our copies of removed ports go now; each worker closes its own after draining its queue.
         # bpf: the port map follows once every worker knows the new routes (check_pending).
         self.listeners.told(change.removed_ports)
@@ -461,13 +464,14 @@ class Supervisor:
                   version=new.version)
         self.check_pending()
 
-    def send_snapshot(self, handle: WorkerHandle, added: list[int]) -> None:
+    def send_snapshot(self, handle: WorkerHandle, added: list[int], frame: bytes) -> None:
+        """The new ports' sockets for this worker's slot, then the snapshot (encoded once for every worker)."""
         for start in range(0, len(added), FDS_PER_MESSAGE):
             chunk = added[start:start + FDS_PER_MESSAGE]
             fds = self.listeners.descriptors(handle.slot, chunk)
             if not self.send(handle, {"t": "sockets", "ports": chunk}, fds):
                 return
-        self.send(handle, {"t": "snapshot", "snapshot": self.snapshot.to_wire()})
+        self.send_frame(handle, frame)
 
     def reload_failed(self, trigger: str, error: str) -> None:
         status = self.reload_status

@@ -32,6 +32,8 @@ from typing import Any
 
 import psutil
 
+from tests.support import read_all
+
 CLONE_NEWNET = 0x40000000
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -137,17 +139,6 @@ class Namespace:
             host, _, port = local.rpartition(":")
             found.append((host.strip("[]"), int(port)))
         return found
-
-
-def read_all(sock: socket.socket, limit: int = 1 << 24) -> bytes:
-    chunks, size = [], 0
-    while size < limit:
-        chunk = sock.recv(1 << 16)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-    return b"".join(chunks)
 
 
 def split_reply(reply: bytes) -> tuple[str, bytes]:
