@@ -50,6 +50,7 @@ EXIT_STEERING_FAILED = 4
 MAX_BOOT_FAILURES = 5
 BOOT_BACKOFF_FIRST = 0.1
 BOOT_BACKOFF_MAX = 5.0
+QUICK_CRASH = 10.0  # a ready worker that exits sooner than this after its start counts towards backoff
 RELOAD_QUIET = 0.1  # seconds without file events before a reload
 RELOAD_MAX_DELAY = 1.0  # a steady stream of events still reloads this often
 ACK_TIMEOUT = 10.0
@@ -104,6 +105,7 @@ class Supervisor:
         self.handles: dict[int, WorkerHandle] = {}  # slot -> live worker
         self.by_pid: dict[int, WorkerHandle] = {}
         self.boot_failures = [0] * options.workers
+        self.quick_crashes = [0] * options.workers  # exits soon after start, in a row, per slot
         self.respawn_at: dict[int, float] = {}
         self.selector = selectors.DefaultSelector()
         self.wake_r, self.wake_w = socket.socketpair()
@@ -374,9 +376,19 @@ class Supervisor:
             return
         self.worker_restarts += 1
         if was_ready:
+            # At once, so what the kernel queued for the slot is served; but a worker that keeps dying soon
+            # after it started (a crash on some connection) is respawned with backoff, not in a tight loop.
+            quick = time.monotonic() - handle.started < QUICK_CRASH
+            crashes = self.quick_crashes[handle.slot] = self.quick_crashes[handle.slot] + 1 if quick else 0
+            delay = 0.0 if crashes <= 1 else min(BOOT_BACKOFF_FIRST * 2 ** (crashes - 2), BOOT_BACKOFF_MAX)
             log_event(log, logging.WARNING, "worker_exit",
-                      f"worker {handle.slot} (pid {handle.pid}) {how}; respawning", worker=handle.slot, pid=handle.pid)
-            self.spawn(handle.slot)
+                      f"worker {handle.slot} (pid {handle.pid}) {how}; respawning"
+                      + (f" in {delay:.1f} s ({crashes} quick exits in a row)" if delay else ""),
+                      worker=handle.slot, pid=handle.pid)
+            if delay:
+                self.respawn_at[handle.slot] = time.monotonic() + delay
+            else:
+                self.spawn(handle.slot)
             return
         failures = self.boot_failures[handle.slot] = self.boot_failures[handle.slot] + 1
         if failures >= MAX_BOOT_FAILURES:

@@ -279,3 +279,25 @@ def test_sigusr1_logs_status_with_rss_and_cpu_per_worker(echo_app, start_skiff) 
     for rss, cpu in re.findall(r"rss ([\d.]+) MiB cpu ([\d.]+) s", line):
         assert float(rss) > 1.0 and float(cpu) >= 0.0
     assert skiff.proc.poll() is None
+
+
+def test_worker_dying_again_and_again_is_respawned_with_backoff(echo_app, start_skiff) -> None:  # type: ignore[no-untyped-def]
+    """1. Worker 0 is killed right after each respawn, four times. 2. The first respawns are immediate, then
+    the supervisor backs off (and says so) instead of respawning in a tight loop. 3. It still serves."""
+    port, apps = echo_app
+    skiff = start_skiff(apps)
+    for n in range(1, 5):
+        pid = skiff.worker_pid(0)
+        os.kill(pid, signal.SIGKILL)
+        skiff.wait_log(rf"worker 0 \(pid {pid}\) was killed by SIGKILL; respawning")
+        wait_for(lambda p=pid: _slot_pid(skiff, 0) not in (None, p), 5, f"respawn {n}")
+    assert re.search(r"respawning in \d\.\d s \(\d quick exits in a row\)", skiff.log), skiff.log
+    wait_for(lambda: _slot_pid(skiff, 0) is not None, 5, "the last respawn")
+    assert echo_roundtrip(port, b"still") == b"still"
+
+
+def _slot_pid(skiff: Skiff, slot: int) -> int | None:
+    try:
+        return skiff.worker_pid(slot)
+    except AssertionError:
+        return None
