@@ -163,8 +163,9 @@ class ClientSide(asyncio.Protocol):
     def upstream_lost(self, exc: Exception | None) -> None:
         if self.finished:
             return
-        if self.unanswered is not None and isinstance(exc, ConnectionResetError) and not self.upstream_eof:
-            # Reset before a single byte came back: the target never took this connection. Try another.
+        if self.unanswered is not None and isinstance(exc, ConnectionError) and not self.upstream_eof:
+            # Reset before a single byte came back: the target never took this connection. Try another. (A
+            # write that races the reset reports EPIPE instead of ECONNRESET: the same event.)
             target, self.target, self.upstream = self.target, None, None
             if target is not None:
                 target.release()
