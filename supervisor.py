@@ -56,6 +56,17 @@ def instance_name(text: str) -> str:
     return text
 
 
+def takeover_problem(pid: int) -> str | None:
+    """None when pid is a running skiff supervisor (the only process --takeover may signal)."""
+    try:
+        title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return "no such process"
+    if not title.startswith("skiff: supervisor"):
+        return f"process {pid} is not a skiff supervisor ({title.strip()[:60]!r})"
+    return None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="supervisor.py", description="skiff: a hot-reloading L4 TCP proxy")
     parser.add_argument("-c", "--config", type=Path, default=Path("config.json"), help="config file (./config.json)")
@@ -76,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="name of this proxy's pinned BPF state (default: default)")
     parser.add_argument("--metrics", metavar="HOST:PORT",
                         help="serve /metrics (Prometheus), /healthz and /status here, e.g. 127.0.0.1:9901")
+    parser.add_argument("--takeover", metavar="PID", type=int,
+                        help="restart without a gap: take over from the running supervisor PID (it keeps serving "
+                             "until this one is ready, then drains and exits)")
     parser.add_argument("--bpf-object", type=Path, default=DEFAULT_OBJECT, help=argparse.SUPPRESS)
     parser.add_argument("--bpf-pin-root", type=Path, default=Path("/sys/fs/bpf"), help=argparse.SUPPRESS)
     return parser
@@ -96,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         print(f"{args.config}: ok: {config.summary()}")
         return 0
+    if args.takeover is not None and (problem := takeover_problem(args.takeover)):
+        log.error("--takeover %d: %s", args.takeover, problem, extra={"event": "takeover_failed", "error": problem})
+        return 1
     try:
         steering = choose_steering(args.steering, args.bpf_object)
     except SteeringUnavailable as exc:
@@ -103,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     options = Options(config_path=args.config, workers=args.workers, grace=args.grace, bind=args.bind,
                       watch=args.watch, steering=steering.mode, instance=args.instance,
-                      bpf_object=args.bpf_object, bpf_pin_root=args.bpf_pin_root, metrics=args.metrics)
+                      bpf_object=args.bpf_object, bpf_pin_root=args.bpf_pin_root, metrics=args.metrics,
+                      takeover=args.takeover)
     return Supervisor(options, first_snapshot(config)).run()
 
 

@@ -94,14 +94,16 @@ class Steering:
         self._batch = True  # until the kernel says otherwise
 
     @classmethod
-    def open(cls, instance: str, obj_path: Path, *, pin_root: Path = pinning.DEFAULT_PIN_ROOT) -> Steering:
-        """Load and attach, or take over what a previous supervisor of this instance left pinned."""
+    def open(cls, instance: str, obj_path: Path, *, pin_root: Path = pinning.DEFAULT_PIN_ROOT,
+             wait_for_lock: float = 0.0) -> Steering:
+        """Load and attach, or take over what a previous supervisor of this instance left pinned (after it
+        released the lock: `wait_for_lock` seconds at most)."""
         if not instance or "/" in instance or instance in (".", ".."):
             raise ValueError(f"instance name {instance!r} cannot be a directory name")
         pin_dir = pin_root / "skiff" / instance
         try:
             pinning.ensure_bpffs(pin_root)
-            lock_fd = pinning.lock_dir(pin_dir)
+            lock_fd = pinning.lock_dir(pin_dir, wait_for_lock)
         except pinning.PinError as exc:
             raise SteeringError(f"bpf: {exc}") from None
         except OSError as exc:

@@ -11,6 +11,7 @@ import ctypes
 import errno
 import fcntl
 import os
+import time
 from pathlib import Path
 
 BPF_FS_MAGIC = 0xCAFE4A11
@@ -51,17 +52,18 @@ def ensure_bpffs(pin_root: Path) -> None:
         raise PinError(f"cannot mount bpffs at {pin_root}: {os.strerror(err)}")
 
 
-def lock_dir(pin_dir: Path) -> int:
+def lock_dir(pin_dir: Path, wait: float = 0.0) -> int:
     """Create pin_dir and hold an exclusive flock on it; returns the fd that holds the lock.
 
     Retries a bounded number of times when a previous holder removes the directory (clean shutdown with
-    unpin) between our mkdir and our flock: the lock must sit on the directory that is actually there.
+    unpin) between our mkdir and our flock: the lock must sit on the directory that is actually there. With
+    `wait`, a held lock is waited for up to that many seconds (a predecessor handing over).
     """
     for _ in range(5):
         pin_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(pin_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _flock(fd, wait)
         except BlockingIOError:
             holder = lock_holder(fd)
             os.close(fd)
@@ -71,6 +73,18 @@ def lock_dir(pin_dir: Path) -> int:
             return fd
         os.close(fd)
     raise PinError(f"{pin_dir} keeps disappearing while being locked")
+
+
+def _flock(fd: int, wait: float) -> None:
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)  # bounded by `wait`: flock has no timeout of its own
 
 
 def unlock_dir(fd: int) -> None:

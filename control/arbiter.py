@@ -57,6 +57,7 @@ ACK_TIMEOUT = 10.0
 KILL_MARGIN = 5.0  # after the grace period, workers that still run are killed
 FDS_PER_MESSAGE = 250  # under the kernel's SCM_MAX_FD (253)
 SEND_TIMEOUT = 5.0
+TAKEOVER_WAIT = 10.0  # how long a successor waits for its predecessor to release the BPF lock
 STATS_INTERVAL = 1.0  # how often workers report counters when metrics are served
 
 
@@ -72,6 +73,7 @@ class Options:
     bpf_object: Path = Path("bpf/skiff.bpf.o")
     bpf_pin_root: Path = Path("/sys/fs/bpf")
     metrics: str | None = None  # HOST:PORT for /metrics, /healthz, /status
+    takeover: int | None = None  # pid of a running supervisor to take over from (zero-gap restart)
 
 
 @dataclass(slots=True)
@@ -100,7 +102,8 @@ class Supervisor:
         self.cells = CellMap().assign(snapshot.config, snapshot.version, snapshot.version, self.counters.is_zero)
         self.snapshot = replace(snapshot, cells=self.cells.cells)
         self.listeners: Listeners = (
-            BpfListeners(options.bind, options.workers, options.instance, options.bpf_object, options.bpf_pin_root)
+            BpfListeners(options.bind, options.workers, options.instance, options.bpf_object, options.bpf_pin_root,
+                         wait_for_lock=TAKEOVER_WAIT if options.takeover else 0.0)
             if options.steering == "bpf" else ReuseportListeners(options.bind, options.workers))
         self.handles: dict[int, WorkerHandle] = {}  # slot -> live worker
         self.by_pid: dict[int, WorkerHandle] = {}
@@ -127,6 +130,11 @@ class Supervisor:
     # --- start ---------------------------------------------------------------------------------------
     def run(self) -> int:
         raise_fd_limit()
+        if self.options.takeover is not None:
+            # The predecessor gives up its BPF lock but keeps serving until we are ready (then SIGTERM).
+            log_event(log, logging.INFO, "takeover",
+                      f"taking over from the supervisor with pid {self.options.takeover}", pid=self.options.takeover)
+            os.kill(self.options.takeover, signal.SIGUSR2)
         try:
             self.listeners.open(self.snapshot.config.ports)
         except ListenError as exc:
@@ -171,7 +179,7 @@ class Supervisor:
         self.wake_w.setblocking(False)
         self.wake_r.setblocking(False)
         signal.set_wakeup_fd(self.wake_w.fileno(), warn_on_full_buffer=False)
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1, signal.SIGUSR2):
             signal.signal(signum, _record_only)
         self.selector.register(self.wake_r, selectors.EVENT_READ, self.on_signals)
 
@@ -241,6 +249,9 @@ class Supervisor:
                 self.begin_stop(signal.Signals(signum).name)
             elif signum == signal.SIGUSR1:
                 log_event(log, logging.INFO, "status", self.observer.status_line())
+            elif signum == signal.SIGUSR2:
+                log_event(log, logging.INFO, "handover",
+                          f"SIGUSR2: {self.listeners.release()}; still serving until SIGTERM")
 
     # --- workers -------------------------------------------------------------------------------------
     def spawn(self, slot: int) -> None:
@@ -334,6 +345,10 @@ class Supervisor:
                           f"{len(self.handles)} workers on {self.options.bind} ports {shown}",
                           version=self.snapshot.version, workers=len(self.handles), ports=len(ports))
                 self.notifier.ready(f"serving config v{self.snapshot.version} ({config.summary()})")
+                if self.options.takeover is not None:
+                    log_event(log, logging.INFO, "takeover", f"serving: stopping the predecessor (pid "
+                              f"{self.options.takeover})", pid=self.options.takeover)
+                    _signal(self.options.takeover, signal.SIGTERM)
             self.check_pending()
         elif kind == "ack":
             handle.acked_version = max(handle.acked_version, int(message["version"]))
@@ -561,8 +576,12 @@ def _record_only(signum: int, frame: object) -> None:
 
 
 def _kill(pid: int) -> None:
+    _signal(pid, signal.SIGKILL)
+
+
+def _signal(pid: int, signum: int) -> None:
     try:
-        os.kill(pid, signal.SIGKILL)
+        os.kill(pid, signum)
     except ProcessLookupError:
         pass
 

@@ -90,6 +90,10 @@ class ReuseportListeners:
     def acknowledged(self, ports: frozenset[int]) -> None:
         """Every worker serves a config with these ports; nothing to do: the sockets already follow."""
 
+    def release(self) -> str:
+        """Hand over to a successor: nothing to release, its SO_REUSEPORT sockets join ours."""
+        return "nothing to release in reuseport mode (a successor's sockets join ours)"
+
     def stop(self) -> None:
         self.table.close_all()
 
@@ -106,12 +110,14 @@ class BpfListeners:
 
     steered = True
 
-    def __init__(self, bind: str, slots: int, instance: str, obj_path: Path, pin_root: Path) -> None:
+    def __init__(self, bind: str, slots: int, instance: str, obj_path: Path, pin_root: Path,
+                 wait_for_lock: float = 0.0) -> None:
         self.bind = bind
         self.slots = slots
         self.instance = instance
         self.obj_path = obj_path
         self.pin_root = pin_root
+        self.wait_for_lock = wait_for_lock
         self.sockets: list[socket.socket] = []
         self.steering: Steering | None = None
 
@@ -123,7 +129,8 @@ class BpfListeners:
         host = "127.0.0.1" if self.bind == "0.0.0.0" else self.bind
         self.sockets = open_group_listeners(host, self.slots)
         try:
-            steering = Steering.open(self.instance, self.obj_path, pin_root=self.pin_root)
+            steering = Steering.open(self.instance, self.obj_path, pin_root=self.pin_root,
+                                     wait_for_lock=self.wait_for_lock)
         except SteeringError:
             self.close_sockets()
             raise
@@ -165,6 +172,18 @@ class BpfListeners:
             return
         log_event(log, logging.DEBUG, "steering_updated",
                   f"BPF port map: {diff.upserted} added, {diff.deleted} removed, {diff.unchanged} unchanged")
+
+    def release(self) -> str:
+        """Hand over to a successor: keep the pins and our socket in the sockmap (connections keep coming to
+        us until the successor puts its own socket there), but give up the lock and our handles."""
+        steering, self.steering = self.steering, None
+        if steering is None:
+            return "BPF steering already released"
+        try:
+            steering.close(unpin=False)
+        except SteeringError as exc:
+            return f"releasing BPF steering failed: {exc}"
+        return "released BPF steering (pins kept) for a successor"
 
     def stop(self) -> None:
         """Detach and unpin (new connections to our ports are refused from here on), then close our copies."""

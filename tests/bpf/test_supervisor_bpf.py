@@ -410,3 +410,55 @@ def test_clean_stop_exits_0_every_time(scene: Scene) -> None:
         assert "Traceback" not in proxy.log, proxy.log
         assert not scene.pin_dir.exists()
     assert codes == [0] * 8, codes
+
+
+def test_takeover_restarts_without_a_gap(scene: Scene) -> None:
+    """A restart with --takeover refuses no connection.
+
+    1. A supervisor serves; a client dials 7001 every DIAL_INTERVAL (a full round trip or it counts as failed).
+    2. A successor starts with `--takeover PID`: the predecessor releases the BPF lock on SIGUSR2 but keeps its
+       socket in the sockmap; the successor takes the pins over, puts its own socket in, becomes ready and
+       SIGTERMs the predecessor, which drains and exits 0 without removing the pins.
+    3. Not one attempt failed from start to end; the successor owns the pins and removes them on SIGTERM.
+    """
+    scene.targets()
+    write_config(scene.config, APPS)
+    first = scene.supervisor()
+    outcomes: list[str] = []
+    stop = threading.Event()
+
+    def dial() -> None:
+        deadline = time.monotonic() + 60
+        while not stop.is_set() and time.monotonic() < deadline and len(outcomes) < 20000:
+            started = time.monotonic()
+            try:
+                name, echoed = scene.ns.roundtrip(7001, b"handover", timeout=2)
+                outcomes.append("ok" if echoed == b"handover" and name.startswith("alpha-") else "short")
+            except OSError as exc:
+                outcomes.append(type(exc).__name__)
+            stop.wait(max(0.0, started + DIAL_INTERVAL - time.monotonic()))
+
+    dialer = threading.Thread(target=dial, daemon=True)
+    dialer.start()
+    try:
+        for _ in range(200):
+            if outcomes.count("ok") >= 10:
+                break
+            time.sleep(0.01)
+        successor = scene.supervisor("--takeover", str(first.proc.pid))
+        assert first.wait_exit(15) == 0, first.log
+        before = len(outcomes)
+        for _ in range(300):
+            if len(outcomes) >= before + 20:
+                break
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        dialer.join(10)
+    failed = [o for o in outcomes if o != "ok"]
+    print(f"\ntakeover: {len(outcomes)} attempts, {len(failed)} failed")
+    assert len(outcomes) >= 40 and not failed, (len(outcomes), failed[:10])
+    assert "SIGUSR2: released BPF steering (pins kept)" in first.log, first.log
+    assert (scene.pin_dir / "link").exists()
+    scene.stop_cleanly(successor)
+    assert not scene.pin_dir.exists()
