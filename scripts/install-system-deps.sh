@@ -18,7 +18,7 @@ if [ "$(id -u)" -ne 0 ]; then
   echo "skiff needs these Debian packages: ${missing[*]} (run as root, or: sudo apt-get install ${missing[*]})" >&2
   exit 1
 fi
-echo "installing: ${missing[*]}"
+echo "installing (missing: ${missing[*]}): clang llvm libbpf-dev libbpf1 iptables iproute2"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
-apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+apt-get install -y -qq --no-install-recommends clang llvm libbpf-dev libbpf1 iptables iproute2 >/dev/null
