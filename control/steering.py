@@ -126,6 +126,11 @@ class BpfListeners:
         then its socket, then the ports: connections queue until the workers accept."""
         from bpf.loader import Steering
 
+        any_address = self.bind in ("0.0.0.0", "::")
+        if not any_address and ":" in self.bind:
+            raise SteeringError(f"bpf: --bind {self.bind}: the steering filter matches one IPv4 address or any "
+                                "address (0.0.0.0 or ::)")
+        # "::" is dual-stack on Linux: one group socket takes IPv4 and IPv6 connections.
         host = "127.0.0.1" if self.bind == "0.0.0.0" else self.bind
         self.sockets = open_group_listeners(host, self.slots)
         try:
@@ -136,7 +141,7 @@ class BpfListeners:
             raise
         try:
             steering.set_group_socket(0, self.sockets[0])
-            steering.set_bind_address(None if self.bind == "0.0.0.0" else self.bind)
+            steering.set_bind_address(None if any_address else self.bind)
             steering.apply_ports(dict.fromkeys(ports, 0))
         except (SteeringError, ValueError):
             steering.close(unpin=True)
