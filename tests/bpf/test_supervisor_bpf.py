@@ -462,3 +462,18 @@ def test_takeover_restarts_without_a_gap(scene: Scene) -> None:
     assert (scene.pin_dir / "link").exists()
     scene.stop_cleanly(successor)
     assert not scene.pin_dir.exists()
+
+
+def test_dual_stack_bind_steers_ipv4_and_ipv6(scene: Scene) -> None:
+    """1. `--bind ::` in bpf mode: one dual-stack listener per worker. 2. A configured port answers on
+    127.0.0.1 and on ::1, by the right app. 3. `--bind ::1` (a single IPv6 address the filter cannot match)
+    exits 4 (BPF steering failed) with one line."""
+    scene.targets()
+    write_config(scene.config, APPS)
+    scene.supervisor("--bind", "::")
+    for host in ("127.0.0.1", "::1"):
+        name, echoed = scene.ns.roundtrip(9999, b"both", host=host)
+        assert (name.split("-")[0], echoed) == ("bravo", b"both"), (host, name, echoed)
+    refused = scene.supervisor("--bind", "::1", wait_ready=False)
+    assert refused.wait_exit(15) == 4
+    assert "the steering filter matches one IPv4 address or any address" in refused.log, refused.log
