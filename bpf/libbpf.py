@@ -41,7 +41,6 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "bpf_link__update_program": (_int, [_vp, _vp]),
     "bpf_link__destroy": (_int, [_vp]),
     "bpf_link_detach": (_int, [_int]),
-    "bpf_obj_get": (_int, [_str]),
     "bpf_obj_get_info_by_fd": (_int, [_int, _vp, _u32p]),
     "bpf_map_update_elem": (_int, [_int, _vp, _vp, ctypes.c_uint64]),
     "bpf_map_lookup_elem": (_int, [_int, _vp, _vp]),
@@ -177,10 +176,6 @@ def link_destroy(link: int) -> None:
 def link_detach(link: int) -> None:
     """Detach the kernel link now, whoever else still holds an fd or a pin on it."""
     _check(_lib.bpf_link_detach(link_fd(link)), "bpf_link_detach")
-
-
-def obj_get(path: os.PathLike[str] | str) -> int:
-    return _check(_lib.bpf_obj_get(_path(path)), "bpf_obj_get")
 
 
 def obj_info(fd: int, size: int = 256) -> bytes:

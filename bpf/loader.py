@@ -149,11 +149,6 @@ class Steering:
         except OSError as exc:
             raise SteeringError(_reason(f"put a socket into group {group}", exc)) from None
 
-    def clear_group_socket(self, group: int) -> bool:
-        """Remove group's socket (its ports then drop); False if it had none."""
-        self._check_group(group)
-        return libbpf.map_delete(self._fds["sockets"], _U32.pack(group))
-
     def group_socket_cookie(self, group: int) -> int | None:
         """SO_COOKIE of the socket steering group, or None; lets a successor see what it inherited."""
         self._check_group(group)

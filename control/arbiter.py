@@ -372,7 +372,6 @@ class Supervisor:
     def worker_exited(self, handle: WorkerHandle, status: int) -> None:
         was_ready = handle.state in (WorkerState.READY, WorkerState.DRAINING)
         handle.move_to(WorkerState.EXITED)
-        handle.exit_status = status
         apps = handle.stats.get("apps")
         if isinstance(apps, dict):
             merge_counters(self.retired, apps)

@@ -76,9 +76,6 @@ class SocketTable:
         chosen = self.by_port if ports is None else {p: self.by_port[p] for p in ports}
         return {port: sockets[slot] for port, sockets in chosen.items()}
 
-    def descriptors(self) -> set[int]:
-        return {sock.fileno() for sockets in self.by_port.values() for sock in sockets}
-
 
 def enable_request_migration() -> str | None:
     """Ask the kernel to move requests queued on a closing listener to its reuseport siblings.

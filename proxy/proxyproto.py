@@ -16,8 +16,6 @@ V2_TCP4 = 0x11
 V2_TCP6 = 0x21
 V1_UNKNOWN = b"PROXY UNKNOWN\r\n"
 
-Address = tuple[str, int] | tuple[str, int, int, int]  # as a socket's peername/sockname gives it
-
 
 def _ip(address: object) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     if not isinstance(address, tuple) or len(address) < 2:

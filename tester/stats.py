@@ -72,9 +72,6 @@ class Latency:
             for item in self._hist.get_recorded_iterator()
         ]
 
-    def merge(self, other: Latency) -> None:
-        self._hist.add(other._hist)
-
 
 @dataclass
 class PortStats:

@@ -11,8 +11,6 @@ import socket
 import time
 from dataclasses import dataclass
 
-Address = tuple[str, int]
-
 POSITIVE_TTL = 30.0
 NEGATIVE_TTL = 5.0
 
