@@ -58,12 +58,6 @@ class Connector:
         self.loop = asyncio.get_running_loop()
 
     async def connect(self, relay: ClientSide) -> None:
-        try:
-            await self._connect(relay)
-        finally:
-            relay.connect_task = None  # done: an idle connection should not keep its finished task alive
-
-    async def _connect(self, relay: ClientSide) -> None:
         route = relay.route
         assert route is not None
         stats = route.stats
@@ -98,6 +92,7 @@ class Connector:
             if relay.target is not state:
                 state.release()  # Connected, but the client had already left.
                 return
+            relay.connect_task = None  # this task ends now: an idle connection should not keep it alive
             state.connects += 1
             stats.observe_connect(time.monotonic() - started)
             if mark_ok(state):
