@@ -11,7 +11,9 @@ import ipaddress
 import os
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from control.arbiter import Options, Supervisor
 from control.steering import DEFAULT_OBJECT, MODES, SteeringUnavailable, choose_steering
@@ -21,26 +23,26 @@ from proxy.logs import setup_logging
 from proxy.snapshot import first_snapshot
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+T = TypeVar("T", int, float)
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if not 1 <= value <= 1024:
-        raise argparse.ArgumentTypeError(f"{value} is outside 1-1024")
-    return value
+def ranged(convert: Callable[[str], T], lowest: T, highest: T, what: str, unit: str = "") -> Callable[[str], T]:
+    """An argparse type: `convert`, then a bounds check; both errors are one line naming the value."""
+
+    def parse(text: str) -> T:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if not lowest <= value <= highest:
+            raise argparse.ArgumentTypeError(f"{value:g} is outside {lowest:g}-{highest:g}{unit}")
+        return value
+
+    return parse
 
 
-def seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not 0 <= value <= 86400:
-        raise argparse.ArgumentTypeError(f"{value:g} is outside 0-86400 seconds")
-    return value
+workers_count = ranged(int, 1, 1024, "a whole number")
+seconds = ranged(float, 0.0, 86400.0, "a number of seconds", " seconds")
 
 
 def address(text: str) -> str:
@@ -70,7 +72,7 @@ def takeover_problem(pid: int) -> str | None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="supervisor.py", description="skiff: a hot-reloading L4 TCP proxy")
     parser.add_argument("-c", "--config", type=Path, default=Path("config.json"), help="config file (./config.json)")
-    parser.add_argument("-w", "--workers", type=positive_int, default=os.cpu_count() or 1,
+    parser.add_argument("-w", "--workers", type=workers_count, default=os.cpu_count() or 1,
                         help="worker processes (default: number of CPUs)")
     parser.add_argument("--check", action="store_true", help="validate the config, print a summary and exit")
     parser.add_argument("--grace", type=seconds, default=30.0,

@@ -142,6 +142,20 @@ def worker_rss(pids: list[int]) -> int:
     return sum(psutil.Process(pid).memory_info().rss for pid in pids)
 
 
+def peak_rss_until_stalled(pids: list[int], sent: list[int], peak: int) -> tuple[int, int]:
+    """Sample the workers' RSS until `sent[0]` makes no progress for 1 s (at most 15 s): (peak, bytes sent)."""
+    last, unchanged_since = -1, time.monotonic()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        peak = max(peak, worker_rss(pids))
+        if sent[0] != last:
+            last, unchanged_since = sent[0], time.monotonic()
+        elif time.monotonic() - unchanged_since >= 1.0:
+            break
+        time.sleep(0.05)  # sampling RSS, not waiting for an event
+    return peak, sent[0]
+
+
 def test_slow_reader_keeps_worker_memory_bounded(processes, start_skiff) -> None:  # type: ignore[no-untyped-def]
     """1. A target that writes 300 MB as fast as it can to whoever connects, counting what the kernel took.
     2. A client connects through skiff (-w 1) and reads nothing until the target's sending stalls (no progress
@@ -168,16 +182,7 @@ def test_slow_reader_keeps_worker_memory_bounded(processes, start_skiff) -> None
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 256 * 1024)
         wait_for(lambda: sent[0] > 0, 10, "the target to start sending")
-        last, unchanged_since = -1, time.monotonic()
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            peak = max(peak, worker_rss(pids))
-            if sent[0] != last:
-                last, unchanged_since = sent[0], time.monotonic()
-            elif time.monotonic() - unchanged_since >= 1.0:
-                break
-            time.sleep(0.05)  # sampling RSS, not waiting for an event
-        stalled_at = sent[0]
+        peak, stalled_at = peak_rss_until_stalled(pids, sent, peak)
         assert stalled_at < 150 * MB, f"the target sent {stalled_at / MB:.0f} MB to a client that read nothing"
         growth = peak - before
         assert growth < 30 * MB, f"worker RSS grew by {growth / MB:.1f} MB while the client did not read"
@@ -228,16 +233,7 @@ def test_slow_target_keeps_worker_memory_bounded(processes, start_skiff) -> None
         sender = threading.Thread(target=send, daemon=True)
         sender.start()
         try:
-            last, unchanged_since = -1, time.monotonic()
-            deadline = time.monotonic() + 15
-            while time.monotonic() < deadline:
-                peak = max(peak, worker_rss(pids))
-                if sent[0] != last:
-                    last, unchanged_since = sent[0], time.monotonic()
-                elif time.monotonic() - unchanged_since >= 1.0:
-                    break
-                time.sleep(0.05)  # sampling RSS, not waiting for an event
-            stalled_at = sent[0]
+            peak, stalled_at = peak_rss_until_stalled(pids, sent, peak)
         finally:
             read_now.set()
         assert stalled_at < 150 * MB, f"the client sent {stalled_at / MB:.0f} MB to a target that read nothing"
