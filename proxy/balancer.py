@@ -42,7 +42,11 @@ class TargetState:
     shared: Shared | None = None
 
     def is_up(self, now: float) -> bool:
-        return self.down_until <= now and (self.shared is None or self.shared.healthy())
+        """May be tried now: its backoff has passed and its active checks (if any) pass."""
+        return self.down_until <= now and self.checks_pass()
+
+    def checks_pass(self) -> bool:
+        return self.shared is None or self.shared.healthy()
 
     def load(self) -> int:
         """Connections to this target: across every worker when counts are shared, else this worker's."""

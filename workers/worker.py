@@ -328,7 +328,7 @@ class Worker:
                 "connect": {"buckets": s.connect_buckets, "sum": s.connect_seconds},
                 "targets": {
                     str(t.target): {"active": t.outstanding, "total": t.connects, "errors": t.errors,
-                                    "up": t.failures == 0 and (t.shared is None or t.shared.healthy())}
+                                    "up": not t.marked_down and t.checks_pass()}
                     for t in route.targets
                 },
             }
