@@ -76,29 +76,26 @@ class Connector:
                 state.release()  # Another worker took the last place first; counting first keeps the limit.
                 full = True
                 continue
-            failure = await self.attempt(relay, state, timeout)
-            if failure is not None:
-                state.release()
-                if isinstance(failure, OSError) and failure.errno in FD_EXHAUSTED:
-                    if self.policy is not None:
-                        self.policy.fds_exhausted(failure)
-                    relay.finish()
-                    return
-                self.failed(route.app.name, state, failure)
-                if relay.finished:
-                    return
-                stats.failovers += 1
-                continue
-            if relay.target is not state:
-                state.release()  # Connected, but the client had already left.
+            adopted, failure = await self.attempt(relay, state, timeout)
+            if adopted:
+                # The relay took this connection: from here its callbacks own the target's accounting. If it
+                # has already lost it again (a reset can race create_connection's return), the relay has
+                # moved on by itself (a replay to the next target, or the end): nothing more to do here.
+                if relay.target is state:
+                    self.connected(relay, state, time.monotonic() - started)
                 return
-            relay.connect_task = None  # this task ends now: an idle connection should not keep it alive
-            state.connects += 1
-            stats.observe_connect(time.monotonic() - started)
-            if mark_ok(state):
-                log_event(log, logging.INFO, "target_up", f"target {state.target} of app {route.app.name} is up",
-                          app=route.app.name, target=str(state.target), worker=self.slot)
-            return
+            state.release()
+            if failure is None:
+                return  # Connected, but the client had already left.
+            if isinstance(failure, OSError) and failure.errno in FD_EXHAUSTED:
+                if self.policy is not None:
+                    self.policy.fds_exhausted(failure)
+                relay.finish()
+                return
+            self.failed(route.app.name, state, failure)
+            if relay.finished:
+                return
+            stats.failovers += 1
         if app.max_conns is not None and (full or any(s not in tried for s in route.targets)):
             if self.policy is not None:
                 self.policy.refuse(route, f"every target is at MaxConns ({app.max_conns})")
@@ -110,30 +107,43 @@ class Connector:
                   app=route.app.name, worker=self.slot)
         relay.finish()
 
-    async def attempt(self, relay: ClientSide, state: TargetState, timeout: float) -> BaseException | None:
-        """One connect (with its DNS lookup) to one target: None when connected, else why not.
+    def connected(self, relay: ClientSide, state: TargetState, seconds: float) -> None:
+        relay.connect_task = None  # this task ends now: an idle connection should not keep it alive
+        state.connects += 1
+        route = relay.route
+        assert route is not None
+        route.stats.observe_connect(seconds)
+        if mark_ok(state):
+            log_event(log, logging.INFO, "target_up", f"target {state.target} of app {route.app.name} is up",
+                      app=route.app.name, target=str(state.target), worker=self.slot)
 
-        The deadline is a plain loop timer that cancels the connect task: cheaper per connection than
-        asyncio.timeout, which the new-connection rate notices.
+    async def attempt(self, relay: ClientSide, state: TargetState,
+                      timeout: float) -> tuple[bool, BaseException | None]:
+        """One connect (with its DNS lookup) to one target: (adopted, why it failed).
+
+        `adopted` says the relay took the connection (UpstreamSide.connection_made ran), which can happen even
+        when create_connection then reports an error. The deadline is a plain loop timer that cancels the
+        connect task: cheaper per connection than asyncio.timeout, which the new-connection rate notices.
         """
+        side = UpstreamSide(relay, state)
         timer = self.loop.call_later(timeout, _expire, relay)
         try:
             host = literal_address(state.target.host) or await self.resolver.resolve(state.target.host)
-            await self.loop.create_connection(lambda: UpstreamSide(relay, state), host, state.target.port)
-            return None
+            await self.loop.create_connection(lambda: side, host, state.target.port)
+            return side.adopted, None
         except (OSError, ResolveError) as exc:
-            return exc
+            return side.adopted, exc
         except asyncio.CancelledError:
             if not relay.connect_expired:
-                # The client left while we were connecting. Once the upstream is attached, the relay's own
+                # The client left while we were connecting. Once the relay adopted the upstream, its own
                 # finish() accounts for the target; before that, we do.
-                if relay.target is not state:
+                if not side.adopted:
                     state.release()
                 raise
             relay.connect_expired = False
             if relay.connect_task is not None:
                 relay.connect_task.uncancel()
-            return TimeoutError(f"no connection within {timeout:g} s")
+            return side.adopted, TimeoutError(f"no connection within {timeout:g} s")
         finally:
             timer.cancel()
 

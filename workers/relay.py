@@ -163,9 +163,10 @@ class ClientSide(asyncio.Protocol):
     def upstream_lost(self, exc: Exception | None) -> None:
         if self.finished:
             return
-        if self.unanswered is not None and isinstance(exc, ConnectionError) and not self.upstream_eof:
-            # Reset before a single byte came back: the target never took this connection. Try another. (A
-            # write that races the reset reports EPIPE instead of ECONNRESET: the same event.)
+        if self.unanswered is not None and isinstance(exc, OSError) and not self.upstream_eof:
+            # Reset before a single byte came back: the target never took this connection. Try another. A
+            # reset can surface as ECONNRESET on a read, EPIPE on a write or ENOTCONN on the shutdown() that
+            # passed the client's EOF on, whichever the loop meets first: all the same event.
             target, self.target, self.upstream = self.target, None, None
             if target is not None:
                 target.release()
@@ -195,16 +196,18 @@ class ClientSide(asyncio.Protocol):
 
 
 class UpstreamSide(asyncio.Protocol):
-    __slots__ = ("relay", "target")
+    __slots__ = ("adopted", "relay", "target")
 
     def __init__(self, relay: ClientSide, target: TargetState) -> None:
         self.relay = relay
         self.target = target
+        self.adopted = False  # the relay took this connection (the connector reads it)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self.relay.finished:
             transport.close()  # The client left while we were connecting.
             return
+        self.adopted = True
         self.relay.upstream_made(transport, self.target)
 
     def data_received(self, data: bytes) -> None:
