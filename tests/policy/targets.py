@@ -119,7 +119,7 @@ class Target:
                 with self.lock:
                     self.headers.append(header)
             if self.mode == "reset":
-                conn.settimeout(0.2)
+                conn.settimeout(2.0)  # the client's bytes come at once; the margin is for a loaded machine
                 try:
                     data = conn.recv(65536)
                 except TimeoutError:
