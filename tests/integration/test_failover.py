@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.peers import MB, ThreadServer, outcome_of_recv, roundtrip_concurrently
+from tests.integration.peers import MB, ThreadServer, close_with_reset, outcome_of_recv, roundtrip_concurrently
 from tests.support import app, echo_roundtrip, free_ports, read_all, wait_for
 
 
@@ -151,3 +151,21 @@ def test_target_that_comes_back_gets_traffic_again(start_echo, start_skiff, proc
     skiff.wait_log(rf"target 127\.0\.0\.1:{a_port} of app web is up")
     assert back_after >= 0.5, f"A got traffic {back_after:.2f} s after being marked down: no backoff?"
     assert not a.errors
+
+
+def test_target_that_resets_on_accept_costs_no_client(start_echo, start_skiff, processes) -> None:  # type: ignore[no-untyped-def]
+    """1. One target accepts and resets at once, before reading; another echoes. 2. 100 clients each send and
+    half-close. 3. Every client gets its echo: whatever error the reset surfaces as in skiff (a reset on read,
+    a broken pipe on write, a failed shutdown), it is a failure before the answer and the bytes go to the
+    other target."""
+    good, bad = free_ports(2)
+    [port] = free_ports(1)
+    start_echo([good])
+    resetter = ThreadServer(bad, close_with_reset)
+    processes.append(resetter)
+    skiff = start_skiff([app("x", [port], [f"127.0.0.1:{bad}", f"127.0.0.1:{good}"], ConnectTimeout=1)], workers=1)
+    for i in range(100):
+        payload = f"client {i} ".encode() * 50
+        assert echo_roundtrip(port, payload) == payload, i
+    assert resetter.accepted >= 1, "the resetting target was never tried"
+    assert "Traceback" not in skiff.log
