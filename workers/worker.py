@@ -20,7 +20,7 @@ from typing import Any
 import setproctitle
 import uvloop
 
-from proxy import proxyproto
+from proxy import failpoints, proxyproto
 from proxy.balancer import TargetState
 from proxy.counters import CounterTable
 from proxy.framing import FrameDecoder, FramingError, encode
@@ -41,7 +41,6 @@ EXIT_OK = 0
 EXIT_BOOT_FAILED = 3
 EXIT_CHANNEL_BROKEN = 4
 EXIT_CRASHED = 5
-FAILPOINT_ENV = "SKIFF_FAILPOINT"  # test-only fault injection, see _failpoint_active
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,12 +334,6 @@ class Worker:
         return {"version": self.snapshot.version, "apps": apps}
 
 
-def _failpoint_active(value: str) -> bool:
-    """"worker-boot" fails every boot; "worker-boot:PATH" fails boots while PATH exists."""
-    name, _, path = value.partition(":")
-    return name == "worker-boot" and (not path or os.path.exists(path))
-
-
 def worker_main(
     slot: int, channel: socket.socket, sockets: dict[int, socket.socket], snapshot: Snapshot, options: WorkerOptions
 ) -> int:
@@ -351,7 +344,7 @@ def worker_main(
     for signum in (signal.SIGTERM, signal.SIGCHLD, signal.SIGQUIT):
         signal.signal(signum, signal.SIG_DFL)
     setproctitle.setproctitle(f"skiff: worker {slot} (config v{snapshot.version})")
-    if _failpoint_active(os.environ.get(FAILPOINT_ENV, "")):
+    if failpoints.active("worker-boot"):
         log_event(log, logging.ERROR, "worker_boot_failed", "failpoint worker-boot: failing on purpose", worker=slot)
         return EXIT_BOOT_FAILED
 
