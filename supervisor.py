@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from control.arbiter import Options, Supervisor
+from control.arbiter import ACK_TIMEOUT, Options, Supervisor
 from control.steering import DEFAULT_OBJECT, MODES, SteeringUnavailable, choose_steering
 from proxy.config import load_config
 from proxy.errors import ConfigError, ConfigUnreadable
@@ -89,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="name of this proxy's pinned BPF state (default: default)")
     parser.add_argument("--metrics", metavar="HOST:PORT",
                         help="serve /metrics (Prometheus), /healthz and /status here, e.g. 127.0.0.1:9901")
+    parser.add_argument("--ack-timeout", type=ranged(float, 0.5, 3600.0, "a number of seconds", " seconds"),
+                        default=ACK_TIMEOUT, metavar="SECONDS",
+                        help=f"a worker that has not applied a reload within this many seconds is hung: it is killed "
+                             f"and respawned (default {ACK_TIMEOUT:g})")
     parser.add_argument("--takeover", metavar="PID", type=int,
                         help="restart without a gap: take over from the running supervisor PID (it keeps serving "
                              "until this one is ready, then drains and exits)")
@@ -123,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     options = Options(config_path=args.config, workers=args.workers, grace=args.grace, bind=args.bind,
                       watch=args.watch, steering=steering.mode, instance=args.instance,
                       bpf_object=args.bpf_object, bpf_pin_root=args.bpf_pin_root, metrics=args.metrics,
-                      takeover=args.takeover)
+                      takeover=args.takeover, ack_timeout=args.ack_timeout)
     return Supervisor(options, first_snapshot(config)).run()
 
 

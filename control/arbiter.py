@@ -8,6 +8,7 @@ reaps and reloads.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import selectors
@@ -30,6 +31,7 @@ from control.sockets import ListenError, enable_request_migration
 from control.status import Observer
 from control.steering import BpfListeners, Listeners, ReuseportListeners
 from control.watcher import ConfigWatcher
+from proxy import failpoints
 from proxy.config import load_config
 from proxy.counters import CellMap, CounterTable
 from proxy.errors import ConfigError
@@ -37,6 +39,7 @@ from proxy.framing import FramingError, encode
 from proxy.logs import log_event
 from proxy.plan import Plan, plan
 from proxy.snapshot import Snapshot, next_snapshot
+from workers.channel import write_some
 from workers.worker import EXIT_CRASHED, WorkerOptions, worker_main
 
 log = logging.getLogger("supervisor")
@@ -53,10 +56,12 @@ BOOT_BACKOFF_MAX = 5.0
 QUICK_CRASH = 10.0  # a ready worker that exits sooner than this after its start counts towards backoff
 RELOAD_QUIET = 0.1  # seconds without file events before a reload
 RELOAD_MAX_DELAY = 1.0  # a steady stream of events still reloads this often
-ACK_TIMEOUT = 10.0
+ACK_TIMEOUT = 5.0  # default: a worker that has not acknowledged a snapshot by then is hung (killed, respawned)
+PING_INTERVAL = 1.0  # liveness: every ready worker is pinged this often...
+PING_MISSES = 3  # ...and one that leaves this many pings in a row unanswered is hung
 KILL_MARGIN = 5.0  # after the grace period, workers that still run are killed
 FDS_PER_MESSAGE = 250  # under the kernel's SCM_MAX_FD (253)
-SEND_TIMEOUT = 5.0
+ERROR_LOG_INTERVAL = 10.0  # at most one traceback per callback per this many seconds
 TAKEOVER_WAIT = 10.0  # how long a successor waits for its predecessor to release the BPF lock
 STATS_INTERVAL = 1.0  # how often workers report counters when metrics are served
 
@@ -74,6 +79,7 @@ class Options:
     bpf_pin_root: Path = Path("/sys/fs/bpf")
     metrics: str | None = None  # HOST:PORT for /metrics, /healthz, /status
     takeover: int | None = None  # pid of a running supervisor to take over from (zero-gap restart)
+    ack_timeout: float = ACK_TIMEOUT  # seconds a worker has to acknowledge a snapshot before it counts as hung
 
 
 @dataclass(slots=True)
@@ -110,6 +116,10 @@ class Supervisor:
         self.boot_failures = [0] * options.workers
         self.quick_crashes = [0] * options.workers  # exits soon after start, in a row, per slot
         self.respawn_at: dict[int, float] = {}
+        self.spawn_failures = [0] * options.workers  # fork/socketpair failures in a row, per slot
+        self.next_ping: float | None = None
+        self.stop_signals = 0
+        self.error_logged: dict[str, float] = {}  # callback name -> when its last traceback was logged
         self.selector = selectors.DefaultSelector()
         self.wake_r, self.wake_w = socket.socketpair()
         self.watcher: ConfigWatcher | None = None
@@ -194,13 +204,24 @@ class Supervisor:
                 if self.selector.get_map().get(key.fd) is not key:
                     continue
                 callback: Callable[[], None] = key.data
-                callback()
-            self.run_timers()
+                self.guarded(callback)
+            self.guarded(self.run_timers)
+
+    def guarded(self, callback: Callable[[], None]) -> None:
+        """The exception barrier around every callback: a bug in one costs that callback's work, never the loop."""
+        try:
+            callback()
+        except Exception:
+            name = getattr(callback, "__qualname__", repr(callback))
+            now = time.monotonic()
+            if now - self.error_logged.get(name, -ERROR_LOG_INTERVAL) >= ERROR_LOG_INTERVAL:
+                self.error_logged[name] = now
+                log.exception("supervisor: %s failed; carrying on", name, extra={"event": "supervisor_error"})
 
     def next_timeout(self) -> float | None:
-        deadlines = [t for t in (self.reload_due, self.kill_at) if t is not None]
+        deadlines = [t for t in (self.reload_due, self.kill_at, self.next_ping) if t is not None]
         deadlines += self.respawn_at.values()
-        deadlines += [p.started + ACK_TIMEOUT for p in self.pending]
+        deadlines += [p.started + self.options.ack_timeout for p in self.pending]
         if self.http is not None and (deadline := self.http.next_deadline()) is not None:
             deadlines.append(deadline)
         if not deadlines:
@@ -219,13 +240,10 @@ class Supervisor:
             self.reload_due = self.reload_first_event = None
             self.reload("file change")
         for pending in list(self.pending):
-            if pending.started + ACK_TIMEOUT <= now:
-                self.pending.remove(pending)
-                self.listeners.acknowledged(pending.ports)
-                acked = sum(1 for h in self.handles.values() if h.acked_version >= pending.version)
-                log_event(log, logging.WARNING, "reload_slow",
-                          f"config v{pending.version} acknowledged by only {acked}/{len(self.handles)} workers "
-                          f"after {ACK_TIMEOUT:g} s", version=pending.version)
+            if pending.started + self.options.ack_timeout <= now:
+                self.ack_deadline_passed(pending)
+        if self.next_ping is not None and self.next_ping <= now:
+            self.ping_workers()
         if self.kill_at is not None and self.kill_at <= now:
             self.kill_at = None
             for handle in self.handles.values():
@@ -233,6 +251,37 @@ class Supervisor:
                           f"worker {handle.slot} (pid {handle.pid}) still running after the grace period; killing",
                           worker=handle.slot, pid=handle.pid)
                 _kill(handle.pid)
+
+    def ack_deadline_passed(self, pending: PendingReload) -> None:
+        """Workers that have not acknowledged a snapshot in time are hung: kill them (the supervisor keeps their
+        sockets, so what the kernel queued waits for the respawned worker, which starts on the current config)."""
+        self.pending.remove(pending)
+        laggards = [h for h in self.handles.values()
+                    if h.state is WorkerState.READY and h.acked_version < pending.version]
+        for handle in laggards:
+            log_event(log, logging.ERROR, "worker_hung",
+                      f"worker {handle.slot} (pid {handle.pid}) did not acknowledge config v{pending.version} within "
+                      f"{self.options.ack_timeout:g} s; killing it", worker=handle.slot, pid=handle.pid,
+                      version=pending.version)
+            _kill(handle.pid)
+        self.listeners.acknowledged(pending.ports)
+        if not self.pending:
+            self.notifier.ready(f"serving config v{self.snapshot.version} ({self.snapshot.config.summary()})")
+
+    def ping_workers(self) -> None:
+        """Liveness without a reload: a ready worker that leaves PING_MISSES pings unanswered is hung."""
+        self.next_ping = time.monotonic() + PING_INTERVAL
+        for handle in list(self.handles.values()):
+            if handle.state is not WorkerState.READY:
+                continue
+            if handle.unanswered_pings >= PING_MISSES:
+                log_event(log, logging.ERROR, "worker_hung",
+                          f"worker {handle.slot} (pid {handle.pid}) answered none of the last {PING_MISSES} pings "
+                          f"({PING_MISSES * PING_INTERVAL:g} s); killing it", worker=handle.slot, pid=handle.pid)
+                _kill(handle.pid)
+                continue
+            handle.unanswered_pings += 1
+            self.send(handle, {"t": "ping"}, coalesce="ping")
 
     # --- signals -------------------------------------------------------------------------------------
     def on_signals(self) -> None:
@@ -246,7 +295,7 @@ class Supervisor:
             elif signum == signal.SIGHUP:
                 self.reload("SIGHUP")
             elif signum in (signal.SIGTERM, signal.SIGINT):
-                self.begin_stop(signal.Signals(signum).name)
+                self.on_stop_signal(signal.Signals(signum).name)
             elif signum == signal.SIGUSR1:
                 log_event(log, logging.INFO, "status", self.observer.status_line())
             elif signum == signal.SIGUSR2:
@@ -255,9 +304,27 @@ class Supervisor:
 
     # --- workers -------------------------------------------------------------------------------------
     def spawn(self, slot: int) -> None:
-        parent_end, child_end = socket.socketpair()
+        """Fork the worker of `slot`; a failed fork (EAGAIN, EMFILE, ENOMEM) is retried with backoff."""
         self.counters.zero_row(slot)  # the previous worker's connections died with it
-        pid = os.fork()
+        try:
+            if failpoints.active("supervisor-fork"):
+                raise OSError(errno.EAGAIN, "failpoint supervisor-fork: fork fails on purpose")
+            parent_end, child_end = socket.socketpair()
+            try:
+                pid = os.fork()
+            except OSError:
+                parent_end.close()
+                child_end.close()
+                raise
+        except OSError as exc:
+            failures = self.spawn_failures[slot] = self.spawn_failures[slot] + 1
+            delay = min(BOOT_BACKOFF_FIRST * 2 ** (failures - 1), BOOT_BACKOFF_MAX)
+            log_event(log, logging.ERROR, "spawn_failed",
+                      f"cannot start worker {slot}: {exc.strerror or exc}; retrying in {delay:.1f} s",
+                      worker=slot, error=str(exc))
+            self.respawn_at[slot] = time.monotonic() + delay
+            return
+        self.spawn_failures[slot] = 0
         if pid == 0:  # the child
             code = EXIT_CRASHED
             try:
@@ -273,7 +340,7 @@ class Supervisor:
                 logging.shutdown()
                 os._exit(code)
         child_end.close()
-        parent_end.settimeout(SEND_TIMEOUT)
+        parent_end.setblocking(False)
         handle = WorkerHandle(slot, pid, parent_end, time.monotonic())
         self.handles[slot] = handle
         self.by_pid[pid] = handle
@@ -303,8 +370,11 @@ class Supervisor:
                     os.close(fd)
 
     def on_channel(self, handle: WorkerHandle) -> None:
+        """Readable or (while the outbox waits) writable: write what waits, then read what came."""
         if handle.state is WorkerState.EXITED:
             return
+        if handle.outbox:
+            self.flush(handle)
         try:
             data = handle.channel.recv(1 << 20)
         except (BlockingIOError, TimeoutError):
@@ -350,6 +420,10 @@ class Supervisor:
                               f"{self.options.takeover})", pid=self.options.takeover)
                     _signal(self.options.takeover, signal.SIGTERM)
             self.check_pending()
+            if self.next_ping is None and not self.stopping:
+                self.next_ping = time.monotonic() + PING_INTERVAL
+        elif kind == "pong":
+            handle.unanswered_pings = 0
         elif kind == "ack":
             handle.acked_version = max(handle.acked_version, int(message["version"]))
             self.check_pending()
@@ -382,6 +456,8 @@ class Supervisor:
             self.selector.unregister(handle.channel)
         except (KeyError, ValueError):
             pass
+        for fd in handle.outbox.clear():
+            os.close(fd)
         handle.channel.close()
         how = _describe_exit(status)
         if self.stopping:
@@ -405,7 +481,9 @@ class Supervisor:
                 self.spawn(handle.slot)
             return
         failures = self.boot_failures[handle.slot] = self.boot_failures[handle.slot] + 1
-        if failures >= MAX_BOOT_FAILURES:
+        # Giving up is for a supervisor that never served (a broken install); once it has served, it keeps
+        # serving with the workers it has and keeps retrying the missing one.
+        if failures >= MAX_BOOT_FAILURES and not self.announced_ready:
             message = (f"worker {handle.slot} failed to boot {failures} times in a row (last: {how}); "
                        "giving up: see the errors above")
             log_event(log, logging.CRITICAL, "workers_cannot_boot", message, worker=handle.slot)
@@ -418,23 +496,45 @@ class Supervisor:
                   worker=handle.slot, pid=handle.pid)
         self.respawn_at[handle.slot] = time.monotonic() + delay
 
-    def send(self, handle: WorkerHandle, message: dict[str, Any], fds: list[int] | None = None) -> bool:
-        return self.send_frame(handle, encode(message), fds)
+    def send(self, handle: WorkerHandle, message: dict[str, Any], fds: list[int] | None = None,
+             coalesce: str | None = None) -> bool:
+        return self.send_frame(handle, encode(message), fds, coalesce)
 
-    def send_frame(self, handle: WorkerHandle, frame: bytes, fds: list[int] | None = None) -> bool:
-        try:
-            if fds:
-                sent = socket.send_fds(handle.channel, [frame], fds)
-                if sent < len(frame):
-                    handle.channel.sendall(frame[sent:])
-            else:
-                handle.channel.sendall(frame)
-        except OSError as exc:
-            log_event(log, logging.ERROR, "channel_error",
-                      f"cannot send to worker {handle.slot} (pid {handle.pid}): {exc}; killing it", worker=handle.slot)
+    def send_frame(self, handle: WorkerHandle, frame: bytes, fds: list[int] | None = None,
+                   coalesce: str | None = None) -> bool:
+        """Queue a frame for a worker and write what its channel takes now; never blocks the loop. A worker
+        that lets its outbox overflow is not reading: it is hung, and killed (its sockets wait for the next)."""
+        if handle.state is WorkerState.EXITED:
+            return False
+        owned = tuple(os.dup(fd) for fd in fds or ())  # a reload may close ours before the frame goes out
+        if not handle.outbox.push(frame, owned, coalesce):
+            for fd in (*owned, *handle.outbox.clear()):
+                os.close(fd)
+            log_event(log, logging.ERROR, "worker_hung",
+                      f"worker {handle.slot} (pid {handle.pid}) has not read {handle.outbox.size:,} queued bytes; "
+                      "killing it", worker=handle.slot, pid=handle.pid)
             _kill(handle.pid)
             return False
-        return True
+        return self.flush(handle)
+
+    def flush(self, handle: WorkerHandle) -> bool:
+        """Write what the channel takes; watch it for writability while something waits. False when the
+        worker is gone (its exit is handled when it is reaped)."""
+        reachable = True
+        try:
+            empty = write_some(handle.channel, handle.outbox)
+        except OSError:
+            for fd in handle.outbox.clear():
+                os.close(fd)
+            empty, reachable = True, False
+        if empty == handle.writing:
+            handle.writing = not empty
+            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if handle.writing else 0)
+            try:
+                self.selector.modify(handle.channel, events, lambda: self.on_channel(handle))
+            except (KeyError, ValueError):
+                pass  # the channel is no longer registered: the worker exited
+        return reachable
 
     # --- reload --------------------------------------------------------------------------------------
     def on_config_event(self) -> None:
@@ -508,7 +608,8 @@ class Supervisor:
 
     def check_pending(self) -> None:
         for pending in list(self.pending):
-            live = [h for h in self.handles.values() if h.state is not WorkerState.STARTING]
+            # A worker still starting counts once it is ready: it reports the version it serves then.
+            live = list(self.handles.values())
             if all(h.acked_version >= pending.version for h in live):
                 self.pending.remove(pending)
                 self.listeners.acknowledged(pending.ports)
@@ -520,14 +621,22 @@ class Supervisor:
                     self.notifier.ready(f"serving config v{pending.version} ({self.snapshot.config.summary()})")
 
     # --- stop ----------------------------------------------------------------------------------------
-    def begin_stop(self, reason: str) -> None:
-        if self.stopping:
-            log_event(log, logging.WARNING, "forced_stop", f"{reason} again: killing workers now")
+    def on_stop_signal(self, name: str) -> None:
+        """The first SIGTERM/SIGINT drains; only a repeated signal forces."""
+        self.stop_signals += 1
+        if self.stop_signals > 1:
+            log_event(log, logging.WARNING, "forced_stop", f"{name} again: killing workers now")
             for handle in self.handles.values():
                 _kill(handle.pid)
             self.exit_code = self.exit_code or EXIT_FORCED
             return
+        self.begin_stop(name)
+
+    def begin_stop(self, reason: str) -> None:
+        if self.stopping:
+            return
         self.stopping = True
+        self.next_ping = None
         self.notifier.stopping()
         self.respawn_at.clear()
         active = sum(_active(h) for h in self.handles.values())

@@ -7,6 +7,7 @@ import socket
 from dataclasses import dataclass, field
 
 from proxy.framing import FrameDecoder
+from proxy.outbox import Outbox
 
 
 class WorkerState(enum.Enum):
@@ -38,6 +39,9 @@ class WorkerHandle:
     acked_version: int = 0
     decoder: FrameDecoder = field(default_factory=FrameDecoder)
     stats: dict[str, object] = field(default_factory=dict)
+    outbox: Outbox = field(default_factory=Outbox)
+    writing: bool = False  # the selector also waits for the channel to be writable (the outbox is not empty)
+    unanswered_pings: int = 0
 
     def move_to(self, state: WorkerState) -> None:
         if state not in _ALLOWED[self.state]:

@@ -6,17 +6,21 @@ Only GET; one request per connection; bounded request size and lifetime.
 
 from __future__ import annotations
 
+import logging
 import selectors
 import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+log = logging.getLogger("supervisor")
+
 Handler = Callable[[str], tuple[int, str, bytes]]  # path -> (status, content type, body)
 
 MAX_REQUEST = 8192
 CONNECTION_LIFETIME = 10.0
-REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
+REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 500: "Internal Server Error",
+           503: "Service Unavailable"}
 
 
 class HttpError(Exception):
@@ -52,7 +56,12 @@ def respond_to(request: bytes, handler: Handler) -> bytes:
         return render(400, "text/plain", b"bad request\n")
     if parts[0] != "GET":
         return render(405, "text/plain", b"only GET\n")
-    return render(*handler(parts[1].split("?", 1)[0]))
+    path = parts[1].split("?", 1)[0]
+    try:
+        return render(*handler(path))
+    except Exception:  # a bug in one page costs that request, never the supervisor's loop
+        log.exception("http: GET %s failed", path, extra={"event": "http_error"})
+        return render(500, "text/plain", b"internal error: see the supervisor's log\n")
 
 
 class HttpServer:

@@ -14,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from control.handle import WorkerState
 from control.metrics import AppReport, ProcessInfo, registry_for, summarize
+from proxy import failpoints
 
 if TYPE_CHECKING:
     from control.arbiter import Supervisor
@@ -26,6 +27,8 @@ class Observer:
 
     def serve_http(self, path: str) -> tuple[int, str, bytes]:
         if path == "/metrics":
+            if failpoints.active("metrics-render"):
+                raise RuntimeError("failpoint metrics-render: rendering /metrics fails on purpose")
             return 200, CONTENT_TYPE_LATEST, generate_latest(self.registry)
         if path == "/healthz":
             problem = self.health_problem()

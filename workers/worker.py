@@ -25,7 +25,9 @@ from proxy.balancer import TargetState
 from proxy.counters import CounterTable
 from proxy.framing import FrameDecoder, FramingError, encode
 from proxy.logs import log_event
+from proxy.outbox import Outbox
 from proxy.snapshot import Snapshot
+from workers.channel import write_some
 from workers.connector import Connector
 from workers.fdguard import AcceptGuard
 from workers.health import HealthChecker
@@ -58,6 +60,7 @@ class Worker:
     ) -> None:
         self.slot = slot
         self.channel = channel
+        channel.setblocking(False)
         self.options = options
         self.snapshot = snapshot
         self.table: RoutingTable = build_table(snapshot.version, snapshot.config, None)
@@ -79,6 +82,11 @@ class Worker:
         self.control: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.stopped = asyncio.Event()
         self.stopping = False
+        self.sigterms = 0
+        self.exit_code = EXIT_OK
+        self.outbox = Outbox()
+        self.writing = False  # the loop watches the channel for writability (the outbox is not empty)
+        self.channel_broken = False
 
     # --- connections ---------------------------------------------------------------------------------
     def factory_for(self, port: int) -> Any:
@@ -187,11 +195,41 @@ class Worker:
         return min(max(shortest / 4, 0.05), 30.0)
 
     # --- the supervisor channel ----------------------------------------------------------------------
-    def send(self, message: dict[str, Any]) -> None:
+    def send(self, message: dict[str, Any], coalesce: str | None = None) -> None:
+        """Queue a message for the supervisor and write what the socket takes now: never blocks the loop."""
+        if self.channel_broken:
+            return
+        if not self.outbox.push(encode(message), coalesce=coalesce):
+            self.channel_lost(f"the supervisor has not read {self.outbox.size:,} queued bytes")
+            return
+        self.flush_channel()
+
+    def flush_channel(self) -> None:
         try:
-            self.channel.sendall(encode(message))
-        except OSError:
-            self.begin_stop()  # The supervisor is gone: finish what we have and leave.
+            empty = write_some(self.channel, self.outbox)
+        except OSError as exc:
+            self.channel_lost(f"cannot write to the supervisor ({exc.strerror or exc})")
+            return
+        if empty and self.writing:
+            self.loop.remove_writer(self.channel.fileno())
+            self.writing = False
+        elif not empty and not self.writing:
+            self.loop.add_writer(self.channel.fileno(), self.flush_channel)
+            self.writing = True
+
+    def channel_lost(self, why: str) -> None:
+        """The supervisor is gone (or stuck past saving): finish what we have within the grace period and leave.
+        Never a forced close: only a repeated signal forces."""
+        if self.channel_broken:
+            return
+        self.channel_broken = True
+        self.loop.remove_reader(self.channel.fileno())
+        if self.writing:
+            self.loop.remove_writer(self.channel.fileno())
+            self.writing = False
+        self.outbox.clear()
+        log_event(log, logging.WARNING, "supervisor_gone", f"{why}; draining", worker=self.slot)
+        self.begin_stop()
 
     def on_channel_readable(self) -> None:
         try:
@@ -202,9 +240,7 @@ class Worker:
             data, fds = b"", []
         self.fds.extend(fds)
         if not data:
-            self.loop.remove_reader(self.channel.fileno())
-            log_event(log, logging.WARNING, "supervisor_gone", "supervisor channel closed; draining", worker=self.slot)
-            self.begin_stop()
+            self.channel_lost("supervisor channel closed")
             return
         try:
             messages = self.decoder.feed(data)
@@ -212,24 +248,38 @@ class Worker:
             log_event(log, logging.ERROR, "channel_error", f"bad frame from supervisor: {exc}", worker=self.slot)
             os._exit(EXIT_CHANNEL_BROKEN)
         for message in messages:
-            self.control.put_nowait(message)
+            if message.get("t") == "ping":
+                # Answered here, not behind a snapshot being applied: a ping asks whether the loop turns.
+                self.send({"t": "pong", "n": message.get("n", 0)}, coalesce="pong")
+            else:
+                self.control.put_nowait(message)
 
     async def handle_control(self) -> None:
-        while True:
-            message = await self.control.get()
-            kind = message.get("t")
-            if kind == "sockets":
-                for port in message["ports"]:
-                    self.incoming[port] = socket.socket(fileno=self.fds.popleft())
-            elif kind == "snapshot":
-                await self.apply_snapshot(message)
-            elif kind == "drain":
-                self.begin_stop()
-            elif kind == "stats":
-                self.send({"t": "stats", "stats": self.stats()})
+        """Apply the supervisor's messages in order. A failure here leaves routes half-applied: log it once and
+        exit to be respawned on the current snapshot, before acknowledging anything."""
+        try:
+            while True:
+                message = await self.control.get()
+                kind = message.get("t")
+                if kind == "sockets":
+                    for port in message["ports"]:
+                        self.incoming[port] = socket.socket(fileno=self.fds.popleft())
+                elif kind == "snapshot":
+                    await self.apply_snapshot(message)
+                elif kind == "drain":
+                    self.begin_stop()
+                elif kind == "stats":
+                    self.send({"t": "stats", "stats": self.stats()})
+        except Exception:
+            log.exception("worker %d: the control path failed; exiting to be respawned", self.slot,
+                          extra={"event": "worker_crashed", "worker": self.slot})
+            self.exit_code = EXIT_CRASHED
+            self.stopped.set()
 
     async def apply_snapshot(self, message: dict[str, Any]) -> None:
         started = time.perf_counter()
+        if failpoints.active("worker-apply"):
+            raise RuntimeError("failpoint worker-apply: applying a snapshot fails on purpose")
         sockets, self.incoming = self.incoming, {}
         snapshot = Snapshot.from_wire(message["snapshot"])
         if snapshot.version <= self.snapshot.version:
@@ -267,7 +317,7 @@ class Worker:
     # --- lifecycle -----------------------------------------------------------------------------------
     async def run(self) -> int:
         self.loop.add_reader(self.channel.fileno(), self.on_channel_readable)
-        self.loop.add_signal_handler(signal.SIGTERM, self.begin_stop)
+        self.loop.add_signal_handler(signal.SIGTERM, self.on_sigterm)
         for port, listener in self.listeners.items():
             await serve(listener, self.factory_for(port))
         control = self.loop.create_task(self.handle_control())
@@ -280,14 +330,22 @@ class Worker:
             self.push_stats()
         await self.stopped.wait()
         control.cancel()
-        return EXIT_OK
+        return self.exit_code
+
+    def on_sigterm(self) -> None:
+        """The first SIGTERM drains; only a repeated signal forces (channel EOF, a failed send and the
+        supervisor's drain message all drain, however many of them come)."""
+        self.sigterms += 1
+        if self.sigterms > 1:
+            log_event(log, logging.WARNING, "forced_stop", "SIGTERM again: closing all connections now",
+                      worker=self.slot)
+            self.force_stop()
+            return
+        self.begin_stop()
 
     def begin_stop(self) -> None:
         """Stop accepting (serving what is already queued), then wait for connections up to the grace period."""
         if self.stopping:
-            log_event(log, logging.WARNING, "forced_stop", "second stop request: closing all connections now",
-                      worker=self.slot)
-            self.force_stop()
             return
         self.stopping = True
         if self.health is not None:
