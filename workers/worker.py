@@ -27,6 +27,7 @@ from proxy.framing import FrameDecoder, FramingError, encode
 from proxy.logs import log_event
 from proxy.outbox import Outbox
 from proxy.snapshot import Snapshot
+from workers.barrier import CallbackErrors
 from workers.channel import write_some
 from workers.connector import Connector
 from workers.fdguard import AcceptGuard
@@ -87,6 +88,7 @@ class Worker:
         self.outbox = Outbox()
         self.writing = False  # the loop watches the channel for writability (the outbox is not empty)
         self.channel_broken = False
+        self.callback_errors = CallbackErrors(slot)
 
     # --- connections ---------------------------------------------------------------------------------
     def factory_for(self, port: int) -> Any:
@@ -316,6 +318,7 @@ class Worker:
 
     # --- lifecycle -----------------------------------------------------------------------------------
     async def run(self) -> int:
+        self.loop.set_exception_handler(self.callback_errors.handle)
         self.loop.add_reader(self.channel.fileno(), self.on_channel_readable)
         self.loop.add_signal_handler(signal.SIGTERM, self.on_sigterm)
         for port, listener in self.listeners.items():
