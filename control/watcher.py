@@ -104,6 +104,8 @@ class ConfigWatcher:
         return fd
 
     def relevant(self, wd: int, mask: int, name: str) -> bool:
+        if mask & flags.Q_OVERFLOW:
+            return True  # the kernel dropped events: one of them may have been ours
         names = self.names.get(wd)
         if names is None:
             return False  # a watch we already dropped (its IN_IGNORED, or events queued before)
