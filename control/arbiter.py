@@ -549,27 +549,44 @@ class Supervisor:
     def reload(self, trigger: str) -> None:
         if self.stopping:
             return
+        # systemd's reload (ExecReload= sends SIGHUP) waits for READY=1: every SIGHUP is answered with
+        # RELOADING=1 then READY=1, whatever it finds. A file change announces only a change it applies.
+        announce = trigger == "SIGHUP" and self.announced_ready
+        if announce:
+            self.notifier.reloading()
         current = self.snapshot
         try:
             config = load_config(self.options.config_path)
         except ConfigError as exc:
             self.reload_failed(trigger, str(exc))
+            if announce:
+                self.ready_again()
             return
         new = next_snapshot(current, config)
         if new is None:
             level = logging.INFO if trigger == "SIGHUP" else logging.DEBUG
             log_event(log, level, "reload_unchanged", f"{trigger}: config unchanged, still v{current.version}",
                       version=current.version)
+            if not self.reload_status.ok:
+                # The file is back to what we serve: the failure is over (an alert on it must resolve).
+                status = self.reload_status
+                self.reload_status = ReloadStatus(True, time.time(), None, status.reloads, status.failures)
+                log_event(log, logging.INFO, "reload_recovered",
+                          f"{trigger}: the file is back to the serving config v{current.version}; "
+                          "last reload ok again", version=current.version)
+            if announce:
+                self.ready_again()
             return
+        if not announce:
+            self.notifier.reloading()
         change = plan(current.config, config)
-        self.notifier.reloading()
         settled = min((h.acked_version for h in self.handles.values()), default=current.version)
         try:
             cells = self.cells.assign(config, new.version, settled, self.counters.is_zero)
             added = self.listeners.prepare(change.added_ports)  # Sockets exist before any worker is told.
         except (ConfigError, ListenError) as exc:
             self.reload_failed(trigger, str(exc))
-            self.notifier.ready(f"serving config v{current.version}; last reload failed")
+            self.ready_again()
             return
         for cell in cells.new_cells(self.cells):
             self.counters.set_health(cell, 0)  # a reused cell starts in rotation, like any new target
@@ -598,6 +615,12 @@ class Supervisor:
             if not self.send(handle, {"t": "sockets", "ports": chunk}, fds):
                 return
         self.send_frame(handle, frame)
+
+    def ready_again(self) -> None:
+        """READY=1 after a reload that changed nothing; a reload still waiting for acks sends its own."""
+        if not self.pending:
+            failed = "" if self.reload_status.ok else "; last reload failed"
+            self.notifier.ready(f"serving config v{self.snapshot.version} ({self.snapshot.config.summary()}){failed}")
 
     def reload_failed(self, trigger: str, error: str) -> None:
         status = self.reload_status

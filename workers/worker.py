@@ -34,6 +34,7 @@ from workers.fdguard import AcceptGuard
 from workers.health import HealthChecker
 from workers.listeners import Listener, drain, serve
 from workers.policy import Policy
+from workers.privileges import PrivilegeError, drop_all_capabilities
 from workers.relay import ClientSide
 from workers.resolver import Resolver
 from workers.routes import AppRoute, RoutingTable, build_table
@@ -398,12 +399,18 @@ class Worker:
 def worker_main(
     slot: int, channel: socket.socket, sockets: dict[int, socket.socket], snapshot: Snapshot, options: WorkerOptions
 ) -> int:
-    """The child's first acts after fork: plain signal handling, a title, then the event loop."""
+    """The child's first acts after fork: plain signal handling, no capabilities, a title, then the event loop."""
     signal.set_wakeup_fd(-1)
     for signum in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT):
         signal.signal(signum, signal.SIG_IGN)  # The supervisor decides; Ctrl-C reaches it too.
     for signum in (signal.SIGTERM, signal.SIGCHLD, signal.SIGQUIT):
         signal.signal(signum, signal.SIG_DFL)
+    try:
+        drop_all_capabilities()  # untrusted bytes arrive next: nothing privileged may be left to misuse
+    except PrivilegeError as exc:
+        log_event(log, logging.ERROR, "worker_boot_failed", f"worker {slot} cannot drop its capabilities: {exc}",
+                  worker=slot, error=str(exc))
+        return EXIT_BOOT_FAILED
     setproctitle.setproctitle(f"skiff: worker {slot} (config v{snapshot.version})")
     if failpoints.active("worker-boot"):
         log_event(log, logging.ERROR, "worker_boot_failed", "failpoint worker-boot: failing on purpose", worker=slot)
