@@ -32,7 +32,7 @@ class EtcdUrl:
     prefix: str
 
     def __str__(self) -> str:
-        hosts = ",".join(f"{h}:{p}" for h, p in self.endpoints)
+        hosts = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.endpoints)
         return f"etcd://{hosts}{self.prefix}"
 
     def apps_key(self, name: str = "") -> str:
@@ -191,8 +191,8 @@ def _wire_size(key: str, value: bytes) -> int:
     return (len(key.encode()) + len(value) + 2) * 4 // 3 + 64
 
 
-def lagging(applied: Mapping[str, int], latest: int) -> set[str]:
-    """Nodes whose applied revision is behind the newest any node applied (or etcd's own, `latest`, when
-    given as the higher)."""
-    newest = max([latest, *applied.values()], default=latest)
+def lagging(applied: Mapping[str, int], newest: int) -> set[str]:
+    """Nodes whose applied revision is below `newest`, the revision of the newest app or settings document.
+    (Node reports bump etcd's revision too, so nodes that listed at different moments report different
+    revisions for the same content: only a revision below the newest document's means missing a change.)"""
     return {node for node, revision in applied.items() if revision < newest}
