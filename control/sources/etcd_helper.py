@@ -81,9 +81,15 @@ class Watcher(threading.Thread):
                 continue
             except EtcdError as exc:
                 failures += 1
-                self.post("down", str(exc))
-                self.cluster.current = (self.cluster.current + 1) % len(self.cluster.endpoints)
-                delay = min(BACKOFF_FIRST * 2 ** max(0, failures // len(self.cluster.endpoints) - 1), BACKOFF_MAX)
+                count = len(self.cluster.endpoints)
+                self.cluster.current = (self.cluster.current + 1) % count
+                if failures % count:  # the next member may answer: move on at once
+                    if failures == 1:
+                        log_event(log, logging.WARNING, "etcd_failover",
+                                  f"lost {endpoint} ({exc}); moving to {self.cluster.endpoints[self.cluster.current]}")
+                    continue
+                self.post("down", str(exc))  # every member failed in a row: back off
+                delay = min(BACKOFF_FIRST * 2 ** (failures // count - 1), BACKOFF_MAX)
                 self.stopped.wait(delay * random.uniform(0.8, 1.2))
 
     def list_all(self, listing: Listing) -> None:

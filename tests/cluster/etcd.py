@@ -68,6 +68,19 @@ class EtcdCluster:
             time.sleep(0.1)
         raise AssertionError(f"etcd did not become healthy within {timeout} s: {last}\n{self.logs()}")
 
+    def wait_member(self, i: int, revision: int, timeout: float = 30.0) -> None:
+        """Member i answers (itself, not through another member) at `revision` or later."""
+        endpoint = self.client.endpoints[i]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if endpoint.list_prefix("/skiff-test/").revision >= revision:
+                    return
+            except EtcdError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"etcd member {i} did not catch up with revision {revision}\n{self.logs()}")
+
     def kill(self, i: int | None = None) -> None:
         for j in ([i] if i is not None else range(len(self.names))):
             proc = self.procs[j]
