@@ -137,7 +137,8 @@ def main_etcd(args: argparse.Namespace, log: logging.Logger) -> int:
     """-c etcd://...: the first config from etcd (or the cache), then the etcd source follows the prefix."""
     try:
         url = parse_etcd_url(args.config)
-        assembly, revision, origin = initial_config(url, args.config_cache)
+        # --check reads etcd itself: a cache would hide that etcd cannot be reached.
+        assembly, revision, origin = initial_config(url, None if args.check else args.config_cache)
     except ConfigError as exc:
         if args.check:
             print(str(exc), file=sys.stderr)
