@@ -174,6 +174,8 @@ class Helper:
         except EtcdError as exc:
             log_event(log, logging.WARNING, "etcd_relist_failed", f"re-list failed: {exc}")
             return
+        log_event(log, logging.INFO, "etcd_relisted", f"SIGHUP: re-listed {self.url.prefix}/ at revision "
+                  f"{listing.revision} ({len(listing.documents)} keys)", revision=listing.revision)
         self.take(("reset", listing, time.monotonic()))
         self.due = time.monotonic()
 

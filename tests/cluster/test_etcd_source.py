@@ -265,10 +265,28 @@ def test_skiffctl_apps_and_sighup(etcd: EtcdCluster, url: str, echo: Echo, start
     version = node.state()["version"]
     node.signal(signal.SIGHUP)
     node.wait_log(r"SIGHUP: config unchanged")
-    node.wait_log(r"listed .* at revision")
+    node.wait_log(r"SIGHUP: re-listed /skiff-.* at revision \d+ \(\d+ keys\)")
     assert node.state()["version"] == version
     code, out, err = skiffctl(url, "apps", "delete", "web")
     assert code == 0, err
     wait_for(lambda: not can_connect(port, node.address), CONVERGE, "the deleted app's port to close")
     code, _, err = skiffctl(url, "apps", "get", "web")
     assert code == 1 and "no such app" in err
+
+
+def test_a_killed_helper_is_replaced_and_changes_keep_arriving(etcd: EtcdCluster, url: str, echo: Echo,
+                                                               start_node: Callable[..., Node]) -> None:
+    """1. A node serves app a. 2. Its etcd helper is killed (SIGKILL): the node keeps serving and starts a
+    new helper. 3. A change made afterwards arrives."""
+    target = f"127.0.0.1:{echo.ports[0]}"
+    pa, pb = free_ports(2)
+    revision = put_app(etcd, url, "a", [pa], [target])
+    node = start_node(url, 0)
+    converge(etcd, url, [node], revision)
+    (helper,) = [p for p in node.workers() if "etcd helper" in " ".join(p.cmdline())]
+    helper.kill()
+    node.wait_log(r"the etcd helper exited; serving the last good config")
+    assert echo_roundtrip(pa, b"a", host=node.address) == b"a"
+    revision = put_app(etcd, url, "b", [pb], [target])
+    converge(etcd, url, [node], revision)
+    assert echo_roundtrip(pb, b"b", host=node.address) == b"b"
