@@ -209,10 +209,15 @@ class EtcdSource:
     def send(self, message: dict[str, Any]) -> None:
         if self.channel is None:
             return
+        frame = encode(message)
         try:
-            self.channel.send(encode(message))
+            sent = self.channel.send(frame)
+        except BlockingIOError:
+            return  # a helper that does not read (stopped?): this report waits for the next change
         except OSError:
-            pass  # a small frame to a helper that does not read: its report waits for the next change
+            sent = 0
+        if sent < len(frame):  # half a frame would desynchronise the channel: start a new helper instead
+            self.helper_gone()
 
     def report(self) -> None:
         sup = self.supervisor

@@ -21,11 +21,12 @@ TMPFS = Path("/dev/shm")
 
 
 class EtcdCluster:
-    def __init__(self, members: int = 3) -> None:
+    def __init__(self, members: int = 3, client_ports: list[int] | None = None) -> None:
+        """`client_ports`: reuse another cluster's, to replace it with a new cluster (a new cluster ID)."""
         if shutil.which("etcd") is None:
             raise RuntimeError("etcd is not installed (scripts/install-system-deps.sh installs etcd-server)")
         ports = free_ports(2 * members)
-        self.client_ports = ports[:members]
+        self.client_ports = client_ports or ports[:members]
         self.peer_ports = ports[members:]
         self.names = [f"m{i}" for i in range(members)]
         self.root = Path(tempfile.mkdtemp(prefix="skiff-etcd-", dir=TMPFS if TMPFS.is_dir() else None))

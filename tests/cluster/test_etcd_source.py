@@ -290,3 +290,43 @@ def test_a_killed_helper_is_replaced_and_changes_keep_arriving(etcd: EtcdCluster
     revision = put_app(etcd, url, "b", [pb], [target])
     converge(etcd, url, [node], revision)
     assert echo_roundtrip(pb, b"b", host=node.address) == b"b"
+
+
+def test_a_new_etcd_cluster_is_re_listed_from_its_lower_revision(tmp_path: Path, echo: Echo,
+                                                                  start_node: Callable[..., Node]) -> None:
+    """1. A node starts on an empty prefix of a 1-member cluster, then serves app a (put after it started) and
+    many more revisions. 2. That cluster is destroyed and a new one (new cluster ID, revisions from 1) takes
+    its address, holding only app b. 3. The node re-lists, serves b and not a, and reports the new cluster's
+    (lower) revision: a new cluster never freezes a node, and skiff's own version kept counting up."""
+    target = f"127.0.0.1:{echo.ports[0]}"
+    pa, pb = free_ports(2)
+    first = EtcdCluster(members=1)
+    second: EtcdCluster | None = None
+    try:
+        first.start()
+        first.wait_healthy()
+        url = first.url("fleet")
+        node = start_node(url, 0)
+        for i in range(30):
+            revision = put_app(first, url, "a", [pa], [target], IdleTimeout=1 + i)
+        converge(first, url, [node], revision)
+        old = node.state()
+        first.destroy()
+        second = EtcdCluster(members=1, client_ports=first.client_ports)
+        second.start()
+        second.wait_healthy()
+        revision = put_app(second, url, "b", [pb], [target])
+        assert revision < old["config_source"]["revision"]
+        node.wait_log(r"the cluster ID changed .*; re-listing", timeout=CONVERGE)
+        wait_for(lambda: node.state().get("config_source", {}).get("cluster_id") != old["config_source"]["cluster_id"],
+                 CONVERGE, "the node to follow the new cluster")
+        converge(second, url, [node], revision)
+        state = node.state()
+        assert state["config_source"]["revision"] < old["config_source"]["revision"]
+        assert state["version"] > old["version"]
+        assert echo_roundtrip(pb, b"b", host=node.address) == b"b"
+        assert not can_connect(pa, node.address)
+    finally:
+        first.destroy()
+        if second is not None:
+            second.destroy()
