@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("supervisor")
 
 HELPER_RESPAWN = 1.0
+REPORT_INTERVAL = 2.0  # workers come and go between config changes; the helper writes only what changed
 APPLY_BUCKETS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0)
 
 
@@ -95,6 +96,7 @@ class EtcdSource:
         self.pid: int | None = None
         self.decoder = FrameDecoder()
         self.respawn_at: float | None = None
+        self.report_at: float | None = None
         self.note_skipped(first.skipped)
 
     # --- the ConfigSource interface ------------------------------------------------------------------
@@ -122,12 +124,14 @@ class EtcdSource:
         self.served(revision)
 
     def deadline(self) -> float | None:
-        return self.respawn_at
+        return min((t for t in (self.respawn_at, self.report_at) if t is not None), default=None)
 
     def run_timers(self, now: float) -> None:
         if self.respawn_at is not None and self.respawn_at <= now:
             self.respawn_at = None
             self.spawn_helper()
+        if self.report_at is not None and self.report_at <= now:
+            self.report()
 
     def status(self) -> dict[str, Any]:
         return {"kind": "etcd", "url": str(self.url), "node": self.node_id, "up": self.up, "detail": self.detail,
@@ -223,6 +227,7 @@ class EtcdSource:
         sup = self.supervisor
         if sup is None:
             return
+        self.report_at = None if sup.stopping else time.monotonic() + REPORT_INTERVAL
         ready = sum(1 for h in sup.handles.values()
                     if h.state is WorkerState.READY and h.acked_version == sup.snapshot.version)
         status = sup.reload_status

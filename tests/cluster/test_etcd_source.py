@@ -7,6 +7,7 @@ ports), a real etcd cluster on loopback, real echo targets, and clients dialling
 from __future__ import annotations
 
 import random
+import re
 import signal
 import subprocess
 from collections.abc import Callable
@@ -98,6 +99,12 @@ def test_import_then_put_change_delete_reach_every_node(etcd: EtcdCluster, url: 
             assert echo_roundtrip(live[name], b"x", host=node.address) == b"x"
         for port in gone:
             assert not can_connect(port, node.address)
+
+    for node in nodes:
+        metrics = node.get("/metrics").decode()
+        assert f"skiff_config_source_revision {node.state()['config_source']['revision']:.1f}" in metrics
+        applied = re.search(r"^skiff_config_apply_seconds_count (\S+)", metrics, re.M)
+        assert applied is not None and float(applied.group(1)) >= 1  # coalesced: fewer snapshots than changes
 
     code, out, err = skiffctl(url, "nodes")
     assert code == 0, err
