@@ -57,7 +57,8 @@ def test_import_then_put_change_delete_reach_every_node(etcd: EtcdCluster, url: 
     2. Three nodes start on 127.0.0.2-4; each serves every app (clients dial each node).
     3. 200 changes (target and port changes, new apps, deletions) in quick succession: every node ends on
        etcd's exact state; a deleted app's port refuses on every node, a moved app answers on its new port.
-    4. skiffctl nodes lists the three nodes at the final revision, none lagging; a stopped node's record goes."""
+    4. skiffctl nodes lists the three nodes at the final revision, none lagging; a stopped (SIGSTOP) node is
+       marked lagging after a change; a node that exits takes its record with it."""
     target = f"127.0.0.1:{echo.ports[0]}"
     ports = free_ports(160)
     apps = [{"Name": f"app{i:03}", "Ports": [ports[i]], "Targets": [target]} for i in range(150)]
@@ -109,6 +110,15 @@ def test_import_then_put_change_delete_reach_every_node(etcd: EtcdCluster, url: 
     code, out, err = skiffctl(url, "nodes")
     assert code == 0, err
     assert "3 nodes; 0 lagging" in out, out
+    nodes[1].pause()  # its record (under a 10 s lease) stays at the old revision for a while
+    try:
+        revision = put_app(etcd, url, sorted(live)[0], [live[sorted(live)[0]]], [target], IdleTimeout=7)
+        converge(etcd, url, [nodes[0]], revision)
+        code, out, err = skiffctl(url, "nodes")
+    finally:
+        nodes[1].resume()
+    assert re.search(r"^node1 .*<- LAGGING$", out, re.M) and "3 nodes; 1 lagging" in out, out
+    converge(etcd, url, nodes, revision)
     nodes[2].stop()
     code, out, _ = skiffctl(url, "nodes")
     assert "2 nodes; 0 lagging" in out and "node2" not in out, out
