@@ -31,6 +31,7 @@ from proxy.config import App, Config, parse_document
 from proxy.errors import ConfigError
 from proxy.framing import FrameDecoder, FramingError, encode
 from proxy.logs import log_event
+from proxy.snapshot import digest_of
 
 if TYPE_CHECKING:
     from control.arbiter import Supervisor
@@ -242,17 +243,22 @@ class EtcdSource:
         sup = self.supervisor
         assert sup is not None
         documents = {k: Document(unb64(v), int(r)) for k, (v, r) in message["documents"].items()}
-        last_good: dict[str, App] = {a.name: a for a in self.config.apps}
+        # The last good version of an app is the one serving now (not one a failed reload never started).
+        last_good: dict[str, App] = {a.name: a for a in sup.snapshot.config.apps}
         assembly = assemble(self.url, documents, last_good)
         self.note_skipped(assembly.skipped)
         self.config, self.cluster_id = assembly.config, str(message["cluster_id"])
         self.pending_revision = revision = int(message["revision"])
+        if digest_of(assembly.config) == sup.snapshot.digest:  # identical content: no new snapshot
+            version = sup.snapshot.version
+            if version in self.waiting:  # still on its way to the workers: it will serve this revision too
+                self.waiting[version] = (revision, self.waiting[version][1])
+            else:
+                self.served(revision)
+            return
         before = sup.snapshot.version
         sup.reload(f"etcd revision {revision}")
-        if sup.snapshot.version == before:
-            if sup.reload_status.ok:
-                self.served(revision)  # identical content: no new snapshot, this revision is served already
-        else:
+        if sup.snapshot.version != before:
             self.waiting[sup.snapshot.version] = (revision, float(message["first_event"]))
         self.report()
 
