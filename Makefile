@@ -46,7 +46,7 @@ bench: setup
 
 lint: venv
 	$(PY) -m ruff check .
-	$(PY) -m mypy supervisor.py proxy workers control bpf tester
+	$(PY) -m mypy supervisor.py proxy workers control bpf tester skiffctl
 
 clean:
 	rm -rf $(VENV) $(SYSTEM_STAMP) .pytest_cache .mypy_cache .ruff_cache

@@ -1,23 +1,29 @@
 """skiff's entry point: parse the command line, validate the config, run the supervisor.
 
-    python supervisor.py [-c CONFIG] [-w N] [--check] [--grace SECONDS] [--log-format text|json]
-                         [--log-level LEVEL] [--bind ADDRESS] [--steering reuseport|bpf|auto]
+    python supervisor.py [-c CONFIG | -c etcd://HOST:PORT[,...]/PREFIX] [--config-cache PATH] [-w N] [--check]
+                         [--grace SECONDS] [--log-format text|json] [--log-level LEVEL] [--bind ADDRESS]
+                         [--steering reuseport|bpf|auto]
 """
 
 from __future__ import annotations
 
 import argparse
 import ipaddress
+import logging
 import os
 import re
+import socket
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
 from control.arbiter import ACK_TIMEOUT, Options, Supervisor
+from control.sources.etcd import EtcdSource, initial_config
 from control.steering import DEFAULT_OBJECT, MODES, SteeringUnavailable, choose_steering
-from proxy.config import load_config
+from proxy.cluster import is_etcd_url, parse_etcd_url
+from proxy.config import Config, load_config
 from proxy.errors import ConfigError, ConfigUnreadable
 from proxy.logs import setup_logging
 from proxy.snapshot import first_snapshot
@@ -71,7 +77,12 @@ def takeover_problem(pid: int) -> str | None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="supervisor.py", description="skiff: a hot-reloading L4 TCP proxy")
-    parser.add_argument("-c", "--config", type=Path, default=Path("config.json"), help="config file (./config.json)")
+    parser.add_argument("-c", "--config", default="config.json",
+                        help="config file (./config.json), or etcd://HOST:PORT[,HOST:PORT...]/PREFIX")
+    parser.add_argument("--config-cache", type=Path, metavar="PATH",
+                        help="with etcd://: keep the last good config here, so a restart while etcd is down serves")
+    parser.add_argument("--node-id", type=instance_name,
+                        help="with etcd://: this node's name under PREFIX/nodes/ (default: hostname-instance)")
     parser.add_argument("-w", "--workers", type=workers_count, default=os.cpu_count() or 1,
                         help="worker processes (default: number of CPUs)")
     parser.add_argument("--check", action="store_true", help="validate the config, print a summary and exit")
@@ -104,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     log = setup_logging(args.log_format, args.log_level, "supervisor")
+    if is_etcd_url(args.config):
+        return main_etcd(args, log)
+    args.config = Path(args.config)
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -116,6 +130,36 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         print(f"{args.config}: ok: {config.summary()}")
         return 0
+    return serve(args, log, config)
+
+
+def main_etcd(args: argparse.Namespace, log: logging.Logger) -> int:
+    """-c etcd://...: the first config from etcd (or the cache), then the etcd source follows the prefix."""
+    try:
+        url = parse_etcd_url(args.config)
+        # --check reads etcd itself: a cache would hide that etcd cannot be reached.
+        assembly, revision, origin = initial_config(url, None if args.check else args.config_cache)
+    except ConfigError as exc:
+        if args.check:
+            print(str(exc), file=sys.stderr)
+        else:
+            log.error("%s", exc, extra={"event": "config_invalid", "error": str(exc)})
+        return 1
+    if args.check:
+        for reason in assembly.skipped.values():
+            print(reason, file=sys.stderr)
+        verdict = "ok" if not assembly.skipped else f"{len(assembly.skipped)} invalid"
+        print(f"{url}: {verdict}: {assembly.config.summary()} at revision {revision}")
+        return 1 if assembly.skipped else 0
+    log.info("config from %s: %s", origin, assembly.config.summary(), extra={"event": "config_source"})
+    node_id = args.node_id or f"{socket.gethostname()}-{args.instance}"
+    source = EtcdSource(url, node_id, args.config_cache, assembly, revision)
+    args.watch = False  # no inotify: the source watches etcd
+    return serve(args, log, assembly.config, source, revision)
+
+
+def serve(args: argparse.Namespace, log: logging.Logger, config: Config, source: EtcdSource | None = None,
+          revision: int = 0) -> int:
     if args.takeover is not None and (problem := takeover_problem(args.takeover)):
         log.error("--takeover %d: %s", args.takeover, problem, extra={"event": "takeover_failed", "error": problem})
         return 1
@@ -124,11 +168,11 @@ def main(argv: list[str] | None = None) -> int:
     except SteeringUnavailable as exc:
         log.error("%s", exc, extra={"event": "steering_failed", "error": str(exc)})
         return 1
-    options = Options(config_path=args.config, workers=args.workers, grace=args.grace, bind=args.bind,
+    options = Options(config_path=Path(args.config), workers=args.workers, grace=args.grace, bind=args.bind,
                       watch=args.watch, steering=steering.mode, instance=args.instance,
                       bpf_object=args.bpf_object, bpf_pin_root=args.bpf_pin_root, metrics=args.metrics,
-                      takeover=args.takeover, ack_timeout=args.ack_timeout)
-    return Supervisor(options, first_snapshot(config)).run()
+                      takeover=args.takeover, ack_timeout=args.ack_timeout, source=source)
+    return Supervisor(options, replace(first_snapshot(config), revision=revision)).run()
 
 
 if __name__ == "__main__":

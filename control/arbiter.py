@@ -28,11 +28,11 @@ from control.http import HttpError, HttpServer
 from control.metrics import AppReport, merge_counters
 from control.notify import Notifier
 from control.sockets import ListenError, enable_request_migration
+from control.sources import ConfigSource, FileSource
 from control.status import Observer
 from control.steering import BpfListeners, Listeners, ReuseportListeners
 from control.watcher import ConfigWatcher
 from proxy import failpoints
-from proxy.config import load_config
 from proxy.counters import CellMap, CounterTable
 from proxy.errors import ConfigError
 from proxy.framing import FramingError, encode
@@ -80,6 +80,7 @@ class Options:
     metrics: str | None = None  # HOST:PORT for /metrics, /healthz, /status
     takeover: int | None = None  # pid of a running supervisor to take over from (zero-gap restart)
     ack_timeout: float = ACK_TIMEOUT  # seconds a worker has to acknowledge a snapshot before it counts as hung
+    source: ConfigSource | None = None  # where the config comes from (default: the file at config_path)
 
 
 @dataclass(slots=True)
@@ -136,6 +137,8 @@ class Supervisor:
         self.http: HttpServer | None = None
         self.retired: dict[str, AppReport] = {}  # counters of workers that exited, so totals never go back
         self.observer = Observer(self)
+        # Config source hook: where the config comes from and when a reload is due (control/sources/).
+        self.source: ConfigSource = options.source or FileSource(options.config_path)
 
     # --- start ---------------------------------------------------------------------------------------
     def run(self) -> int:
@@ -165,7 +168,8 @@ class Supervisor:
                 log_event(log, logging.ERROR, "listen_failed", str(exc), error=str(exc))
                 self.listeners.stop()
                 return EXIT_CANNOT_LISTEN
-        if self.options.watch:
+        self.source.start(self)
+        if self.options.watch and self.source.watches_file:
             try:
                 self.watcher = ConfigWatcher(self.options.config_path)
                 self.selector.register(self.watcher, selectors.EVENT_READ, self.on_config_event)
@@ -219,7 +223,8 @@ class Supervisor:
                 log.exception("supervisor: %s failed; carrying on", name, extra={"event": "supervisor_error"})
 
     def next_timeout(self) -> float | None:
-        deadlines = [t for t in (self.reload_due, self.kill_at, self.next_ping) if t is not None]
+        deadlines = [t for t in (self.reload_due, self.kill_at, self.next_ping, self.source.deadline())
+                     if t is not None]
         deadlines += self.respawn_at.values()
         deadlines += [p.started + self.options.ack_timeout for p in self.pending]
         if self.http is not None and (deadline := self.http.next_deadline()) is not None:
@@ -232,6 +237,7 @@ class Supervisor:
         now = time.monotonic()
         if self.http is not None:
             self.http.expire(now)
+        self.source.run_timers(now)
         for slot, due in list(self.respawn_at.items()):
             if due <= now and not self.stopping:
                 del self.respawn_at[slot]
@@ -293,6 +299,7 @@ class Supervisor:
             if signum == signal.SIGCHLD:
                 self.reap()
             elif signum == signal.SIGHUP:
+                self.source.refresh()
                 self.reload("SIGHUP")
             elif signum in (signal.SIGTERM, signal.SIGINT):
                 self.on_stop_signal(signal.Signals(signum).name)
@@ -354,6 +361,7 @@ class Supervisor:
         if self.http is not None:
             self.http.abandon()
         self.notifier.close()
+        self.source.close_in_child()
         self.wake_r.close()
         self.wake_w.close()
         if self.watcher is not None:
@@ -556,7 +564,7 @@ class Supervisor:
             self.notifier.reloading()
         current = self.snapshot
         try:
-            config = load_config(self.options.config_path)
+            config = self.source.load()
         except ConfigError as exc:
             self.reload_failed(trigger, str(exc))
             if announce:
@@ -591,7 +599,7 @@ class Supervisor:
         for cell in cells.new_cells(self.cells):
             self.counters.set_health(cell, 0)  # a reused cell starts in rotation, like any new target
         self.cells = cells
-        new = replace(new, cells=cells.cells)
+        new = replace(new, cells=cells.cells, revision=self.source.revision())
         self.snapshot = new
         self.pending.append(PendingReload(new.version, time.monotonic(), change, config.ports))
         frame = encode({"t": "snapshot", "snapshot": new.to_wire()})
@@ -636,6 +644,7 @@ class Supervisor:
             if all(h.acked_version >= pending.version for h in live):
                 self.pending.remove(pending)
                 self.listeners.acknowledged(pending.ports)
+                self.source.applied(pending.version)
                 ms = (time.monotonic() - pending.started) * 1000
                 log_event(log, logging.INFO, "reload_applied",
                           f"config v{pending.version} applied by {len(live)}/{self.options.workers} workers in "
@@ -679,6 +688,7 @@ class Supervisor:
         if self.http is not None:
             self.http.close()
         self.notifier.close()
+        self.source.close()
         self.listeners.stop()
         if self.watcher is not None:
             self.watcher.close()

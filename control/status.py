@@ -93,6 +93,7 @@ class Observer:
             "last_reload": {"ok": status.ok, "at": status.at, "error": status.error, "reloads": status.reloads,
                             "failures": status.failures},
             "worker_restarts": s.worker_restarts,
+            "config_source": s.source.status(),
             "workers": [
                 {"slot": h.slot, "pid": h.pid, "state": h.state.value, "version": h.acked_version,
                  "rss_bytes": usage.get(h.slot, (0.0, 0.0))[0], "cpu_seconds": usage.get(h.slot, (0.0, 0.0))[1]}

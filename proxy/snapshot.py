@@ -22,6 +22,9 @@ class Snapshot:
     # App and (app, target) key -> counter cell in the shared table (proxy/counters.py); assigned by the
     # supervisor, not part of the content, so not part of the digest.
     cells: Mapping[str, int] = field(default_factory=dict)
+    # The config source's own version of this content (the etcd revision; 0 for a file), recorded beside
+    # skiff's version, never instead of it: a new or restored etcd cluster must not freeze a node.
+    revision: int = 0
 
     def to_wire(self) -> dict[str, Any]:
         return {"version": self.version, "digest": self.digest, "config": self.config.to_document(),

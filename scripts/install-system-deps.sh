@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages skiff needs, only when something is missing: clang/llvm and libbpf-dev build the
-# BPF program, libbpf1 loads it, iptables and iproute2 serve the tests (blackholed targets, network namespaces).
+# BPF program, libbpf1 loads it, iptables and iproute2 serve the tests (blackholed targets, network namespaces),
+# etcd-server and etcd-client are the clustered config source (and its tests' 3-member cluster).
 set -euo pipefail
 
 missing=()
@@ -10,6 +11,8 @@ command -v llvm-strip >/dev/null 2>&1 || missing+=(llvm)
 ldconfig -p 2>/dev/null | grep -q 'libbpf.so.1 ' || missing+=(libbpf1)
 command -v iptables >/dev/null 2>&1 || missing+=(iptables)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
+command -v etcdctl >/dev/null 2>&1 || missing+=(etcd-client)
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
@@ -18,7 +21,7 @@ if [ "$(id -u)" -ne 0 ]; then
   echo "skiff needs these Debian packages: ${missing[*]} (run as root, or: sudo apt-get install ${missing[*]})" >&2
   exit 1
 fi
-echo "installing (missing: ${missing[*]}): clang llvm libbpf-dev libbpf1 iptables iproute2"
+echo "installing (missing: ${missing[*]}): clang llvm libbpf-dev libbpf1 iptables iproute2 etcd-server etcd-client"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
-apt-get install -y -qq --no-install-recommends clang llvm libbpf-dev libbpf1 iptables iproute2 >/dev/null
+apt-get install -y -qq --no-install-recommends clang llvm libbpf-dev libbpf1 iptables iproute2 etcd-server etcd-client >/dev/null
