@@ -255,8 +255,13 @@ class BpfListeners:
             try:
                 unpin = (steering.owns_lock and not self.handing_over and bool(self.sockets)
                          and steering.steers_to(self.sockets[0]))
+            except OSError as exc:
+                unpin = False
+                log_event(log, logging.ERROR, "steering_failed", f"bpf: cannot read the sockmap ({exc}); "
+                          "leaving the pins", error=str(exc))
+            try:
                 steering.close(unpin=unpin)
-            except (SteeringError, OSError) as exc:
+            except SteeringError as exc:
                 log_event(log, logging.ERROR, "steering_failed", str(exc), error=str(exc))
         self.close_sockets()
 
