@@ -210,7 +210,10 @@ class Steering:
 
     def reclaim(self, sock: socket.socket, bind: str | None, ports: Mapping[int, int]) -> None:
         """Take steering back from a successor that failed while committing: our program into the link, our
-        socket into group 0, our bind filter and our port map (still holding the lock, we never gave it up)."""
+        socket into group 0, our bind filter and our port map (still holding the lock, we never gave it up).
+        The socket goes first: the dead successor's listeners are closing, and until group 0 holds ours again
+        the program refuses connections to our ports (either program: they share the maps)."""
+        self.set_group_socket(0, sock)
         try:
             libbpf.link_update_program(self._link, libbpf.find_program(self._obj, PROGRAM))
         except OSError as exc:
