@@ -141,7 +141,7 @@ class Supervisor:
             return EXIT_TAKEOVER_FAILED
         try:
             # A successor opens in standby: its predecessor keeps steering until the commit (control/handover.py).
-            self.listeners.open(self.snapshot.config.ports, standby=self.takeover is not None)
+            self.listeners.open(self.snapshot.config.ports, standby=self.takeover is not None and self.takeover.standby)
         except ListenError as exc:
             log_event(log, logging.ERROR, "listen_failed", str(exc), error=str(exc))
             return EXIT_CANNOT_LISTEN

@@ -61,6 +61,13 @@ def _send(sock: socket.socket, kind: str) -> bool:
     return True
 
 
+def _signal(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
 def _receive(sock: socket.socket, decoder: FrameDecoder) -> list[dict[str, Any]] | None:
     """The messages that arrived, [] for none yet, None at EOF or on garbage (the peer is treated as gone)."""
     try:
@@ -209,7 +216,14 @@ class Takeover:
         self.give_up = give_up  # the commit failed before its point: stop (the predecessor stays in charge)
         self.peer: socket.socket | None = None
         self.decoder = FrameDecoder()
-        self.state = "connecting"  # connected -> committing -> committed -> owner; or alone (no predecessor)
+        # connected -> committing -> committed -> owner; alone: the predecessor went away before our commit;
+        # legacy: it never answered (a skiff from before this protocol): one-phase, as that version expects.
+        self.state = "connecting"
+
+    @property
+    def standby(self) -> bool:
+        """Open the listeners in standby (the predecessor keeps steering until we commit)."""
+        return self.state == "connected"
 
     def connect(self) -> str | None:
         """Before the loop runs: invite the predecessor and join it (bounded). None, or why it cannot be done."""
@@ -227,8 +241,14 @@ class Takeover:
             except (ConnectionRefusedError, FileNotFoundError):
                 time.sleep(CONNECT_INTERVAL)  # it listens once its loop has seen SIGUSR2
         else:
+            # A supervisor from before this protocol gives up its lock on SIGUSR2 and never listens: take over
+            # the one-phase way (our open waits for that lock, so a live two-phase predecessor is never raced).
             sock.close()
-            return f"it did not answer the hand-over within {CONNECT_ATTEMPTS * CONNECT_INTERVAL:g} s"
+            self.state = "legacy"
+            log_event(log, logging.WARNING, "takeover", f"pid {self.pid} did not answer the hand-over within "
+                      f"{CONNECT_ATTEMPTS * CONNECT_INTERVAL:g} s (an older skiff?); taking over once it releases "
+                      "the instance lock, without a way back", pid=self.pid)
+            return None
         messages: list[dict[str, Any]] = []
         for _ in range(3):  # one small frame; each recv blocks for at most ANSWER_TIMEOUT
             received = _receive(sock, self.decoder)
@@ -250,6 +270,11 @@ class Takeover:
             _send(self.peer, "commit")
         elif self.state == "alone":
             self.commit()
+        elif self.state == "legacy":
+            self.state = "owner"
+            log_event(log, logging.INFO, "takeover", f"serving: stopping the predecessor (pid {self.pid})",
+                      pid=self.pid)
+            _signal(self.pid, signal.SIGTERM)
 
     def on_peer(self) -> None:
         assert self.peer is not None
@@ -288,10 +313,7 @@ class Takeover:
             os.kill(os.getpid(), signal.SIGKILL)  # test-only: die with the maps pointing at us, uncommitted
         if self.peer is not None:
             _send(self.peer, "committed")
-        try:
-            os.kill(self.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
+        _signal(self.pid, signal.SIGTERM)
         alone, self.state = self.peer is None, "committed"
         log_event(log, logging.INFO, "takeover", f"committed ({what}); stopping the predecessor (pid {self.pid})",
                   pid=self.pid)
