@@ -314,3 +314,42 @@ def test_predecessor_stopped_mid_handover_leaves_the_pins_to_its_successor(stage
     assert heir.stop() == 0, heir.log
     assert "Traceback" not in heir.log, heir.log
     assert not stage.pin_dir.exists()
+
+
+def _socket_inodes(pid: int) -> set[int]:
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target.startswith("socket:["):
+                inodes.add(int(target[8:-1]))
+    return inodes
+
+
+def test_workers_never_hold_the_handover_socket(stage: Scene) -> None:
+    """Fork safety: a worker forked while a hand-over is open holds none of its descriptors (a copy would keep
+    the connection open after the successor died, hiding the EOF the predecessor watches for).
+
+    1. A supervisor serves; SIGUSR2 (what --takeover sends): it listens on @skiff-takeover-<pid>.
+    2. SIGKILL worker 0; the supervisor respawns it.
+    3. The supervisor holds the listening socket (/proc/net/unix names it); the new worker does not.
+    """
+    stage.targets()
+    write_config(stage.config, APPS)
+    first = stage.supervisor("--no-watch")
+    pid = first.proc.pid
+    first.proc.send_signal(signal.SIGUSR2)
+    first.wait_log(r"SIGUSR2: waiting for a successor")
+    old = {p.pid for p in first.workers()}
+    os.kill(min(old), signal.SIGKILL)
+    first.wait_log(r"was killed by SIGKILL; respawning")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and len({p.pid for p in first.workers()} - old) < 1:
+        time.sleep(0.02)
+    (respawned,) = {p.pid for p in first.workers()} - old
+    with open(f"/proc/{pid}/net/unix") as table:  # the supervisor's view: its network namespace
+        rows = [line.split() for line in table.read().splitlines()[1:]]
+    inodes = {int(row[6]) for row in rows if len(row) >= 8 and row[7] == f"@skiff-takeover-{pid}"}
+    assert inodes and inodes <= _socket_inodes(pid), (inodes, rows[:5])
+    assert not inodes & _socket_inodes(respawned)
+    served(stage, 7001, b"still served")
