@@ -236,14 +236,23 @@ class BpfListeners:
                   f"BPF port map: {diff.upserted} added, {diff.deleted} removed, {diff.unchanged} unchanged")
 
     def release(self) -> str:
-        """The successor committed: keep the pins (they are its now), give up the lock and our handles."""
+        """The successor committed: give up the lock and our handles. The pins are its now, unless group 0
+        still holds our socket: then it does not steer with BPF (a reuseport successor), and our program,
+        left behind, would keep its ports from its sockets; so we remove it."""
         steering, self.steering = self.steering, None
+        self.yielded = False
         if steering is None:
             return "BPF steering already released"
         try:
-            steering.close(unpin=False)
+            ours = bool(self.sockets) and steering.steers_to(self.sockets[0])
+        except OSError:
+            ours = False  # cannot tell: leave the pins, as a successor that steers expects
+        try:
+            steering.close(unpin=ours)
         except SteeringError as exc:
             return f"releasing BPF steering failed: {exc}"
+        if ours:
+            return "removed BPF steering (the successor does not steer with BPF)"
         return "released BPF steering (pins kept) for a successor"
 
     def stop(self) -> None:

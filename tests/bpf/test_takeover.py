@@ -353,3 +353,29 @@ def test_workers_never_hold_the_handover_socket(stage: Scene) -> None:
     assert inodes and inodes <= _socket_inodes(pid), (inodes, rows[:5])
     assert not inodes & _socket_inodes(respawned)
     served(stage, 7001, b"still served")
+
+
+def test_takeover_by_a_reuseport_successor_hands_the_ports_over(stage: Scene) -> None:
+    """A bpf supervisor taken over by a reuseport one (a changed --steering): no connection refused.
+
+    1. A bpf supervisor serves; the prober dials 7001 every 20 ms.
+    2. A successor with --steering reuseport takes over: its sockets listen on every configured port, but the
+       predecessor's program still steers them to the predecessor's listeners until the commit.
+    3. At the commit the sockmap still holds the predecessor's socket (the successor does not steer with BPF),
+       so the predecessor removes its steering (detach, unpin) instead of leaving it to nobody; it drains and
+       exits 0.
+    4. Not one attempt failed; the pins are gone; every port is served by the successor's sockets.
+    """
+    stage.targets()
+    write_config(stage.config, APPS)
+    first = stage.supervisor("--no-watch")
+    with Prober(stage) as prober:
+        heir = successor(stage, first, "--no-watch", steering="reuseport")
+        assert first.wait_exit(30) == 0, first.log
+        prober.wait_attempts(AFTER)
+    print(f"\nbpf -> reuseport takeover: {prober.summary()}")
+    assert not prober.failed, prober.summary()
+    assert not stage.pin_dir.exists(), first.log
+    for port, app in APP_OF_PORT.items():
+        assert served(stage, port, b"heir").startswith(app), port
+    assert heir.stop() == 0, heir.log
