@@ -65,8 +65,7 @@ class ReuseportListeners:
 
     def __init__(self, bind: str, slots: int) -> None:
         self.table = SocketTable(bind, slots)
-
-    handing_over = False
+        self.handing_over = False  # nothing depends on it here: the successor's sockets share ours
 
     def open(self, ports: frozenset[int], standby: bool = False) -> None:
         """standby changes nothing here: our sockets join the SO_REUSEPORT groups of a predecessor's at once."""
