@@ -379,3 +379,27 @@ def test_takeover_by_a_reuseport_successor_hands_the_ports_over(stage: Scene) ->
     for port, app in APP_OF_PORT.items():
         assert served(stage, port, b"heir").startswith(app), port
     assert heir.stop() == 0, heir.log
+
+
+def test_takeover_in_reuseport_mode_refuses_no_client(stage: Scene) -> None:
+    """The same protocol between two reuseport supervisors (a guard: nothing to yield or take back there).
+
+    1. A reuseport supervisor serves; the prober dials 7001 every 20 ms.
+    2. A reuseport successor takes over: it commits once its workers are ready; the predecessor drains and
+       exits 0 (tcp_migrate_req moves what was queued on its sockets to the successor's).
+    3. Not one attempt failed; the successor serves every port and stops cleanly.
+    """
+    stage.targets()
+    write_config(stage.config, APPS)
+    common = ["-w", "2", "--bind", "127.0.0.1", "--grace", "5", "--no-watch"]
+    first = stage.supervisor(args=["--steering", "reuseport", *common])
+    with Prober(stage) as prober:
+        heir = successor(stage, first, "--no-watch", steering="reuseport")
+        assert first.wait_exit(30) == 0, first.log
+        prober.wait_attempts(AFTER)
+    print(f"\nreuseport takeover: {prober.summary()}")
+    assert not prober.failed, prober.summary()
+    heir.wait_log(r"takeover complete: this supervisor owns the instance")
+    for port, app in APP_OF_PORT.items():
+        assert served(stage, port, b"heir").startswith(app), port
+    assert heir.stop() == 0, heir.log
