@@ -285,20 +285,22 @@ def test_failing_successor_in_reuseport_mode_refuses_no_client(stage: Scene) -> 
     stage.stop_cleanly(first)
 
 
-def test_predecessor_stopped_mid_handover_leaves_the_pins_to_its_successor(stage: Scene) -> None:
+def test_predecessor_stopped_mid_handover_leaves_the_pins_to_its_successor(stage: Scene, tmp_path: Path) -> None:
     """A predecessor stopped while a successor is connected removes nothing; the successor commits alone.
 
-    1. A supervisor serves. A successor connects for a takeover and is SIGSTOPped right after (the predecessor
-       logged the connection).
+    1. A supervisor serves. A successor whose workers cannot boot while a file exists (a gated failpoint)
+       connects for a takeover, and is SIGSTOPped once the predecessor logged the connection.
     2. SIGTERM to the predecessor: it drains and exits 0, but leaves the pins (a successor is connected).
-    3. SIGCONT: the successor sees its predecessor gone, boots its workers, commits alone (its program, socket
-       and ports into the pinned state) and takes the instance lock.
+    3. The file goes, SIGCONT: the successor sees its predecessor gone, boots its workers, commits alone (its
+       program, socket and ports into the pinned state) and takes the instance lock.
     4. Every configured port is served; SIGTERM to the successor exits 0 and removes the pins.
     """
     stage.targets()
     write_config(stage.config, APPS)
     first = stage.supervisor("--no-watch")
-    heir = successor(stage, first, "--no-watch")
+    gate = tmp_path / "no-boot"
+    gate.touch()
+    heir = successor(stage, first, "--no-watch", env={"SKIFF_FAILPOINT": f"worker-boot:{gate}"})
     first.wait_log(rf"successor \(pid {heir.proc.pid}\) connected")
     heir.proc.send_signal(signal.SIGSTOP)
     try:
@@ -306,6 +308,7 @@ def test_predecessor_stopped_mid_handover_leaves_the_pins_to_its_successor(stage
         assert first.wait_exit(20) == 0, first.log
         assert (stage.pin_dir / "link").exists(), first.log
     finally:
+        gate.unlink()
         heir.proc.send_signal(signal.SIGCONT)
     heir.wait_log(r"went away before we committed; taking over alone", timeout=20)
     heir.wait_log(r"takeover complete: this supervisor owns the instance", timeout=20)
