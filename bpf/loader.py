@@ -4,6 +4,9 @@ and keep its maps in step with the config.
 Pins live under <pin_root>/skiff/<instance>/ (maps by their C names, the program as `steer`, the netns link
 as `link`). A successor supervisor takes that state over instead of starting empty: libbpf reuses the pinned
 maps, and the pinned link gets the freshly loaded program swapped in atomically, so steering never stops.
+During a hand-over the successor first holds a *standby* Steering (maps opened, program loaded, no lock, no
+link, no writes); `commit` makes it steer, `take_lock` makes it the owner. A predecessor whose successor
+failed mid-commit takes steering back with `reclaim`.
 """
 
 from __future__ import annotations
@@ -33,6 +36,12 @@ _LINK_INFO_NETNS_INO = struct.Struct("=I")  # struct bpf_link_info.netns.netns_i
 _BATCH_UNSUPPORTED = (errno.EINVAL, errno.EOPNOTSUPP, 524)  # 524: the kernel's internal ENOTSUPP
 
 _BatchCall = Callable[[int, bytes, bytes, int], int]
+SO_COOKIE = 57  # <asm-generic/socket.h>; Python 3.11's socket module does not name it
+
+
+def socket_cookie(sock: socket.socket) -> int:
+    """The kernel's cookie of sock: what the sockmap gives back for the socket it holds."""
+    return int(_U64.unpack(sock.getsockopt(socket.SOL_SOCKET, SO_COOKIE, _U64.size))[0])
 
 
 def _reason(action: str, exc: OSError) -> str:
@@ -83,6 +92,7 @@ class Steering:
     """One instance's loaded program, its netns link, its maps, and the lock on its pin directory."""
 
     def __init__(self, pin_dir: Path, lock_fd: int, obj: int, link: int) -> None:
+        """lock_fd -1 and link 0: a standby (see `standby`)."""
         self._pin_dir = pin_dir
         self._lock_fd = lock_fd
         self._obj = obj
@@ -140,6 +150,88 @@ class Steering:
             if isinstance(exc, SteeringError):
                 raise
             raise SteeringError(_reason(action, exc)) from None
+
+    @classmethod
+    def standby(cls, instance: str, obj_path: Path, *, pin_root: Path = pinning.DEFAULT_PIN_ROOT) -> Steering | None:
+        """A successor's view of the state its predecessor steers with: the pinned maps opened and our program
+        loaded, but no lock taken, no program swapped, nothing written. None when nothing is pinned (the
+        predecessor does not steer with BPF): `open` then starts afresh at commit."""
+        pin_dir = pin_root / "skiff" / instance
+        if not (pin_dir / "link").exists():
+            return None
+        obj = 0
+        action = f"open {obj_path}"
+        try:
+            obj = libbpf.object_open(obj_path)
+            for name in MAPS:
+                libbpf.map_set_pin_path(libbpf.find_map(obj, name), pin_dir / name)
+            action = f"load {obj_path.name} beside the pinned maps"
+            libbpf.object_load(obj)
+            return cls(pin_dir, -1, obj, 0)
+        except OSError as exc:
+            if obj:
+                libbpf.object_close(obj)
+            raise SteeringError(_reason(action, exc)) from None
+
+    @property
+    def is_standby(self) -> bool:
+        return self._link == 0
+
+    @property
+    def owns_lock(self) -> bool:
+        return self._lock_fd >= 0
+
+    def commit(self, sock: socket.socket, bind: str | None, ports: Mapping[int, int]) -> None:
+        """Standby -> steering: our program into the pinned link, our socket into group 0 (from here on new
+        connections queue at us), the bind filter, then the port map diff. No lock yet (`take_lock`)."""
+        action = "take over the pinned link"
+        try:
+            link = _take_over_link(self._pin_dir / "link", libbpf.find_program(self._obj, PROGRAM))
+        except OSError as exc:
+            raise SteeringError(_reason(action, exc)) from None
+        if not link:
+            raise SteeringError(f"bpf: {self._pin_dir / 'link'} is no longer attached")
+        self._link = link
+        self._steer(sock, bind, ports)
+
+    def take_lock(self, wait: float) -> None:
+        """Become the owner of the pin directory once the predecessor let go (wait seconds at most), and pin
+        our program as the one that steers."""
+        if self._lock_fd >= 0:
+            return
+        try:
+            self._lock_fd = pinning.lock_dir(self._pin_dir, wait)
+            (self._pin_dir / PROGRAM).unlink(missing_ok=True)
+            libbpf.program_pin(libbpf.find_program(self._obj, PROGRAM), self._pin_dir / PROGRAM)
+        except pinning.PinError as exc:
+            raise SteeringError(f"bpf: {exc}") from None
+        except OSError as exc:
+            raise SteeringError(_reason("pin sk_lookup program", exc)) from None
+
+    def reclaim(self, sock: socket.socket, bind: str | None, ports: Mapping[int, int]) -> None:
+        """Take steering back from a successor that failed while committing: our program into the link, our
+        socket into group 0, our bind filter and our port map (still holding the lock, we never gave it up).
+        The socket goes first: the dead successor's listeners are closing, and until group 0 holds ours again
+        the program refuses connections to our ports (either program: they share the maps)."""
+        self.set_group_socket(0, sock)
+        try:
+            libbpf.link_update_program(self._link, libbpf.find_program(self._obj, PROGRAM))
+        except OSError as exc:
+            raise SteeringError(_reason("swap our program back into the link", exc)) from None
+        self._steer(sock, bind, ports)
+
+    def _steer(self, sock: socket.socket, bind: str | None, ports: Mapping[int, int]) -> None:
+        """Socket first (connections for ports already mapped go to it at once), then filter, then ports."""
+        self.set_group_socket(0, sock)
+        try:
+            self.set_bind_address(bind)
+        except OSError as exc:
+            raise SteeringError(_reason("set the bind address filter", exc)) from None
+        self.apply_ports(ports)
+
+    def steers_to(self, sock: socket.socket) -> bool:
+        """True when group 0 holds sock: nobody else (a successor) has taken steering from us."""
+        return self.group_socket_cookie(0) == socket_cookie(sock)
 
     def set_group_socket(self, group: int, sock: socket.socket) -> None:
         """Point group at sock (a listening TCP socket); replaces any previous socket atomically."""
@@ -203,16 +295,19 @@ class Steering:
         """Release this process's handles. unpin=True also detaches and removes every pin (clean shutdown);
         unpin=False leaves the program steering for a successor."""
         try:
-            if unpin:
+            if unpin and self._link:
                 # Detach explicitly: forked workers may still hold a copy of the link fd.
                 libbpf.link_detach(self._link)
                 pinning.remove_pins(self._pin_dir)
         except OSError as exc:
             raise SteeringError(_reason("remove the steering program", exc)) from None
         finally:
-            libbpf.link_destroy(self._link)
+            if self._link:
+                libbpf.link_destroy(self._link)
             libbpf.object_close(self._obj)
-            pinning.unlock_dir(self._lock_fd)
+            if self._lock_fd >= 0:
+                pinning.unlock_dir(self._lock_fd)
+            self._link, self._lock_fd = 0, -1
 
     def _check_group(self, group: int) -> None:
         if not 0 <= group < self.groups:

@@ -24,6 +24,7 @@ import setproctitle
 
 from bpf.errors import SteeringError
 from control.handle import WorkerHandle, WorkerState
+from control.handover import Handover, Takeover
 from control.http import HttpError, HttpServer
 from control.metrics import AppReport, merge_counters
 from control.notify import Notifier
@@ -49,6 +50,7 @@ EXIT_FORCED = 1
 EXIT_WORKERS_CANNOT_BOOT = 2
 EXIT_CANNOT_LISTEN = 3
 EXIT_STEERING_FAILED = 4
+EXIT_TAKEOVER_FAILED = 5
 
 MAX_BOOT_FAILURES = 5
 BOOT_BACKOFF_FIRST = 0.1
@@ -62,7 +64,7 @@ PING_MISSES = 3  # ...and one that leaves this many pings in a row unanswered is
 KILL_MARGIN = 5.0  # after the grace period, workers that still run are killed
 FDS_PER_MESSAGE = 250  # under the kernel's SCM_MAX_FD (253)
 ERROR_LOG_INTERVAL = 10.0  # at most one traceback per callback per this many seconds
-TAKEOVER_WAIT = 10.0  # how long a successor waits for its predecessor to release the BPF lock
+TAKEOVER_WAIT = 10.0  # how long a committed successor waits for its predecessor to release the BPF lock
 STATS_INTERVAL = 1.0  # how often workers report counters when metrics are served
 
 
@@ -139,17 +141,20 @@ class Supervisor:
         self.observer = Observer(self)
         # Config source hook: where the config comes from and when a reload is due (control/sources/).
         self.source: ConfigSource = options.source or FileSource(options.config_path)
+        self.handover = Handover(self.selector, self.listeners)  # our side when a successor takes over from us
+        self.takeover = None if options.takeover is None else Takeover(
+            options.takeover, self.selector, self.listeners, self.takeover_failed)
 
     # --- start ---------------------------------------------------------------------------------------
     def run(self) -> int:
         raise_fd_limit()
-        if self.options.takeover is not None:
-            # The predecessor gives up its BPF lock but keeps serving until we are ready (then SIGTERM).
-            log_event(log, logging.INFO, "takeover",
-                      f"taking over from the supervisor with pid {self.options.takeover}", pid=self.options.takeover)
-            os.kill(self.options.takeover, signal.SIGUSR2)
+        if self.takeover is not None and (problem := self.takeover.connect()):
+            log_event(log, logging.ERROR, "takeover_failed", f"--takeover {self.takeover.pid}: {problem}",
+                      error=problem)
+            return EXIT_TAKEOVER_FAILED
         try:
-            self.listeners.open(self.snapshot.config.ports)
+            # A successor opens in standby: its predecessor keeps steering until the commit (control/handover.py).
+            self.listeners.open(self.snapshot.config.ports, standby=self.takeover is not None and self.takeover.standby)
         except ListenError as exc:
             log_event(log, logging.ERROR, "listen_failed", str(exc), error=str(exc))
             return EXIT_CANNOT_LISTEN
@@ -306,8 +311,7 @@ class Supervisor:
             elif signum == signal.SIGUSR1:
                 log_event(log, logging.INFO, "status", self.observer.status_line())
             elif signum == signal.SIGUSR2:
-                log_event(log, logging.INFO, "handover",
-                          f"SIGUSR2: {self.listeners.release()}; still serving until SIGTERM")
+                self.handover.invite()
 
     # --- workers -------------------------------------------------------------------------------------
     def spawn(self, slot: int) -> None:
@@ -369,6 +373,9 @@ class Supervisor:
         for handle in self.handles.values():
             handle.channel.close()
         self.listeners.close_others_in_child(slot)
+        self.handover.forget_in_child()
+        if self.takeover is not None:
+            self.takeover.forget_in_child()
         keep = {0, 1, 2, child_end.fileno(), *(s.fileno() for s in self.listeners.for_slot(slot).values())}
         # Whatever else was inherited (BPF map, link and lock descriptors, library fds) is not the worker's.
         for name in os.listdir("/proc/self/fd"):
@@ -423,10 +430,8 @@ class Supervisor:
                           f"{len(self.handles)} workers on {self.options.bind} ports {shown}",
                           version=self.snapshot.version, workers=len(self.handles), ports=len(ports))
                 self.notifier.ready(f"serving config v{self.snapshot.version} ({config.summary()})")
-                if self.options.takeover is not None:
-                    log_event(log, logging.INFO, "takeover", f"serving: stopping the predecessor (pid "
-                              f"{self.options.takeover})", pid=self.options.takeover)
-                    _signal(self.options.takeover, signal.SIGTERM)
+                if self.takeover is not None:
+                    self.takeover.workers_ready()
             self.check_pending()
             if self.next_ping is None and not self.stopping:
                 self.next_ping = time.monotonic() + PING_INTERVAL
@@ -684,9 +689,14 @@ class Supervisor:
         self.listeners.stop()
         self.kill_at = time.monotonic() + self.options.grace + KILL_MARGIN
 
+    def takeover_failed(self, reason: str) -> None:
+        self.exit_code = EXIT_TAKEOVER_FAILED
+        self.begin_stop(reason)
+
     def cleanup(self) -> None:
         if self.http is not None:
             self.http.close()
+        self.handover.close()
         self.notifier.close()
         self.source.close()
         self.listeners.stop()

@@ -8,6 +8,7 @@ while PATH exists, so a test can switch a fault on and off from outside the proc
     relay-callback    a relay's client data callback raises (one connection's callback fails)
     supervisor-fork   the supervisor's fork raises OSError(EAGAIN), as under a process limit
     metrics-render    rendering /metrics raises
+    takeover-commit   a successor SIGKILLs itself mid-commit (the maps already point at it, uncommitted)
 
 The variable is read once per process (at import) and never changed: nothing here is configuration.
 """

@@ -416,9 +416,9 @@ def test_takeover_restarts_without_a_gap(scene: Scene) -> None:
     """A restart with --takeover refuses no connection.
 
     1. A supervisor serves; a client dials 7001 every DIAL_INTERVAL (a full round trip or it counts as failed).
-    2. A successor starts with `--takeover PID`: the predecessor releases the BPF lock on SIGUSR2 but keeps its
-       socket in the sockmap; the successor takes the pins over, puts its own socket in, becomes ready and
-       SIGTERMs the predecessor, which drains and exits 0 without removing the pins.
+    2. A successor starts with `--takeover PID`: the predecessor keeps everything while the successor boots its
+       workers; once they are ready the successor commits (its program, socket and ports in the pinned maps),
+       the predecessor releases the lock, and the SIGTERMed predecessor drains and exits 0 without unpinning.
     3. Not one attempt failed from start to end; the successor owns the pins and removes them on SIGTERM.
     """
     scene.targets()
@@ -458,7 +458,7 @@ def test_takeover_restarts_without_a_gap(scene: Scene) -> None:
     failed = [o for o in outcomes if o != "ok"]
     print(f"\ntakeover: {len(outcomes)} attempts, {len(failed)} failed")
     assert len(outcomes) >= 40 and not failed, (len(outcomes), failed[:10])
-    assert "SIGUSR2: released BPF steering (pins kept)" in first.log, first.log
+    assert "committed; released BPF steering (pins kept)" in first.log, first.log
     assert (scene.pin_dir / "link").exists()
     scene.stop_cleanly(successor)
     assert not scene.pin_dir.exists()
