@@ -111,7 +111,8 @@ class Worker:
             relay.route = self.route_for(sockname[1]) if sockname else None
         route = relay.route
         if route is None or not self.policy.admit(route):
-            relay.finish()  # Not ours any more (a port removed between accept and now), or at HardLimit.
+            # Not ours any more (a port removed between accept and now), or at HardLimit.
+            relay.session.connect_failed()
             return
         route.stats.active += 1
         route.stats.total += 1
@@ -125,7 +126,8 @@ class Worker:
         relay.connect_task = self.loop.create_task(self.connector.connect(relay))
 
     def retry(self, relay: ClientSide, target: TargetState | None, exc: BaseException) -> None:
-        """The target reset the connection before answering: count it as a failed connect, try the next."""
+        """The target reset the connection before answering and the app allows a replay (RetryOnReset):
+        count it as a failed connect, try the next."""
         route = relay.route
         assert route is not None
         if target is not None:
