@@ -61,7 +61,7 @@ class SessionIO(Protocol):
         """Close that connection once: orderly (buffers flushed) or with RST."""
 
     def half_closed(self) -> None:
-        """One side has sent EOF: start the app's HalfCloseTimeout, if any (at most once)."""
+        """One side has sent EOF: start the app's HalfCloseTimeout, if any (called once per connection)."""
 
     def may_replay(self) -> bool:
         """Does the app allow replaying the client's bytes after a reset (RetryOnReset)?"""
@@ -80,8 +80,8 @@ class Session:
     """The state of one client connection and its current upstream attempt."""
 
     __slots__ = (
-        "bytes_in", "bytes_out", "client", "client_eof", "client_paused", "done", "header", "io", "pending",
-        "pending_size", "replayable", "upstream", "upstream_eof", "upstream_paused",
+        "bytes_in", "bytes_out", "client", "client_eof", "client_paused", "done", "header", "io", "lingering",
+        "pending", "pending_size", "replayable", "upstream", "upstream_eof", "upstream_paused",
     )
 
     def __init__(self, io: SessionIO, client: Side) -> None:
@@ -99,6 +99,7 @@ class Session:
         self.client_paused = 0
         self.upstream_paused = 0
         self.done = False
+        self.lingering = False  # the half-close deadline was asked for (once per connection)
         self.bytes_in = 0
         self.bytes_out = 0
 
@@ -165,7 +166,12 @@ class Session:
                 self.finish()  # Both directions are done: close sends our FIN, no shutdown() needed first.
                 return
             upstream.write_eof()
-        self.io.half_closed()
+        self.half_closed()
+
+    def half_closed(self) -> None:
+        if not self.lingering:
+            self.lingering = True
+            self.io.half_closed()
 
     def client_full(self) -> None:
         self.pause_upstream(PAUSE_CLIENT_FULL)
@@ -213,7 +219,7 @@ class Session:
             self.finish()
         else:
             self.client.write_eof()
-            self.io.half_closed()
+            self.half_closed()
 
     def upstream_full(self) -> None:
         self.pause_client(PAUSE_UPSTREAM_FULL)

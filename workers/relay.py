@@ -123,7 +123,7 @@ class ClientSide(asyncio.Protocol):
 
     def half_closed(self) -> None:
         timeout = self.route.app.half_close_timeout if self.route is not None else None
-        if timeout is not None and self.linger is None:
+        if timeout is not None:
             self.linger = self.owner.loop.call_later(timeout, self.finish)
 
     def may_replay(self) -> bool:

@@ -1,0 +1,348 @@
+"""The relay's state machine (proxy/session.py) under random interleavings of its events (hypothesis.stateful).
+
+The model plays both sockets the way asyncio transports behave: a write buffer that calls `*_full` when it
+passes the high-water mark and `*_drained` when a drain takes it to the low-water mark, reading only while not
+paused, EOF and resets arriving only on a connection that is still open. The invariants are the relay's
+promises: bytes in order and complete, no reading while a pause reason is set, a bounded buffer, every close and
+write_eof exactly once and never out of order, a reset in becomes a reset out, the PROXY header first on every
+attempt, each deadline once, and every count taken released exactly once.
+"""
+
+from __future__ import annotations
+
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from proxy.session import (
+    BUFFER_BOUND,
+    READ_CHUNK,
+    WRITE_HIGH_WATER,
+    WRITE_LOW_WATER,
+    Session,
+    Side,
+)
+
+CHUNKS = st.sampled_from([1, 7, 1500, 65536, READ_CHUNK])
+
+
+class FakeSide:
+    """One socket as a transport presents it to the session; `delivered` is what reached the peer."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.session: Session | None = None
+        self.buffer: list[bytes] = []
+        self.buffered = 0
+        self.delivered = bytearray()
+        self.writes = 0
+        self.reading = True
+        self.writing_paused = False
+        self.eofs = 0  # write_eof calls
+        self.closes: list[bool] = []  # one entry per close, True for a reset
+        self.open = True  # the peer can still send events (no reset, not closed)
+        self.eofs_in = False  # the peer sent EOF
+
+    def _check_open(self, what: str) -> None:
+        assert not self.closes, f"{what} on {self.name} after it was closed"
+
+    def write(self, data: bytes) -> None:
+        self._check_open("write")
+        assert not self.eofs, f"write on {self.name} after write_eof"
+        self.writes += 1
+        self.buffer.append(data)
+        self.buffered += len(data)
+        self._maybe_full()
+
+    def writelines(self, data: list[bytes]) -> None:
+        for chunk in list(data):
+            self.write(chunk)
+
+    def write_eof(self) -> None:
+        self._check_open("write_eof")
+        assert not self.eofs, f"second write_eof on {self.name}"
+        self.eofs += 1
+
+    def pause_reading(self) -> None:
+        self._check_open("pause_reading")
+        assert self.reading, f"pause_reading on {self.name}, already paused"
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self._check_open("resume_reading")
+        assert not self.reading, f"resume_reading on {self.name}, not paused"
+        self.reading = True
+
+    def _maybe_full(self) -> None:
+        if self.buffered > WRITE_HIGH_WATER and not self.writing_paused:
+            self.writing_paused = True
+            assert self.session is not None
+            if self.name == "client":
+                self.session.client_full()
+            else:
+                self.session.upstream_full()
+
+    def drain(self, count: int) -> None:
+        """The kernel takes up to count bytes from the write buffer."""
+        while count > 0 and self.buffer:
+            head = self.buffer[0]
+            taken = head[:count]
+            self.delivered += taken
+            count -= len(taken)
+            self.buffered -= len(taken)
+            if len(taken) == len(head):
+                self.buffer.pop(0)
+            else:
+                self.buffer[0] = head[len(taken):]
+        if self.writing_paused and self.buffered <= WRITE_LOW_WATER:
+            self.writing_paused = False
+            assert self.session is not None
+            if self.name == "client":
+                self.session.client_drained()
+            else:
+                self.session.upstream_drained()
+
+
+class FakeIO:
+    """The adapter's side of SessionIO, with the owner's counts: one admission slot, one count per target."""
+
+    def __init__(self, replay: bool) -> None:
+        self.replay = replay
+        self.closed_calls = 0
+        self.half_closed_calls = 0
+        self.retries = 0
+        self.held: list[int] = []  # targets whose count this connection holds
+        self.taken = 0
+        self.released: list[int] = []
+        self.connecting = True
+
+    def close_side(self, side: Side, reset: bool) -> None:
+        assert isinstance(side, FakeSide)
+        side.closes.append(reset)
+        side.open = False
+
+    def half_closed(self) -> None:
+        self.half_closed_calls += 1
+
+    def may_replay(self) -> bool:
+        return self.replay
+
+    def release_target(self) -> None:
+        self.released.append(self.held.pop())
+
+    def retry(self, exc: BaseException) -> None:
+        self.retries += 1
+        self.connecting = True
+
+    def closed(self) -> None:
+        self.closed_calls += 1
+        self.connecting = False
+        while self.held:  # what the worker's finished() does with the relay's target
+            self.released.append(self.held.pop())
+
+
+class SessionMachine(RuleBasedStateMachine):
+    @initialize(replay=st.booleans(), header=st.sampled_from([None, b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n"]))
+    def accept(self, replay: bool, header: bytes | None) -> None:
+        self.io = FakeIO(replay)
+        self.client = FakeSide("client")
+        self.session = Session(self.io, self.client)
+        self.client.session = self.session
+        self.session.header = header
+        self.header = header or b""
+        self.upstreams: list[FakeSide] = []
+        self.sent_by_client = bytearray()
+        self.sent_by_upstream = bytearray()  # by the upstream that answered (a replay happens only before that)
+        self.client_eof_sent = False
+        self.linger_fired = 0
+
+    # --- helpers ---------------------------------------------------------------------------------------
+    @property
+    def upstream(self) -> FakeSide | None:
+        up = self.upstreams[-1] if self.upstreams else None
+        return up if up is not None and self.session.upstream is up else None
+
+    def _chunk(self, size: int, stream: bytearray) -> bytes:
+        start = len(stream)
+        data = bytes((start + i) % 251 for i in range(min(size, 4096))) * (size // 4096 + 1)
+        data = data[:size]
+        stream += data
+        return data
+
+    def _assert_reset_out(self) -> None:
+        assert self.session.done
+        assert self.client.closes == [True]
+        up = self.upstream
+        if up is not None:
+            assert up.closes == [True]
+
+    # --- client events -----------------------------------------------------------------------------------
+    @precondition(lambda self: self.client.open and self.client.reading and not self.client_eof_sent)
+    @rule(size=CHUNKS)
+    def client_sends(self, size: int) -> None:
+        self.session.client_data(self._chunk(size, self.sent_by_client))
+
+    @precondition(lambda self: self.client.open and self.client.reading and not self.client_eof_sent)
+    @rule()
+    def client_eof(self) -> None:
+        self.client_eof_sent = True
+        self.session.client_eof_received()
+
+    @precondition(lambda self: self.client.open)
+    @rule()
+    def client_resets(self) -> None:
+        self.client.open = False
+        self.session.client_lost(ConnectionResetError())
+        self._assert_reset_out()
+
+    @precondition(lambda self: self.client.open)
+    @rule(size=st.sampled_from([1, 1000, 65536, 10**6]))
+    def client_reads(self, size: int) -> None:
+        self.client.drain(size)
+
+    # --- upstream events ---------------------------------------------------------------------------------
+    @precondition(lambda self: self.io.connecting and not self.session.done)
+    @rule()
+    def connect_succeeds(self) -> None:
+        self.io.connecting = False
+        self.io.taken += 1
+        self.io.held.append(self.io.taken)
+        up = FakeSide(f"upstream{len(self.upstreams)}")
+        up.session = self.session
+        self.upstreams.append(up)
+        self.session.upstream_made(up)
+        if self.header and up.writes:
+            assert bytes(up.buffer[0]).startswith(self.header) or up.delivered.startswith(self.header)
+
+    @precondition(lambda self: self.io.connecting and not self.session.done)
+    @rule()
+    def every_target_fails(self) -> None:
+        self.io.connecting = False
+        self.session.connect_failed()
+        assert self.session.done
+
+    @precondition(lambda self: self.upstream is not None and self.upstream.open and self.upstream.reading
+                  and not self.upstream.eofs_in)
+    @rule(size=CHUNKS)
+    def upstream_sends(self, size: int) -> None:
+        self.session.upstream_data(self._chunk(size, self.sent_by_upstream))
+
+    @precondition(lambda self: self.upstream is not None and self.upstream.open and self.upstream.reading
+                  and not self.upstream.eofs_in)
+    @rule()
+    def upstream_eof(self) -> None:
+        up = self.upstream
+        assert up is not None
+        up.eofs_in = True
+        self.session.upstream_eof_received()
+
+    @precondition(lambda self: self.upstream is not None and self.upstream.open)
+    @rule()
+    def upstream_resets(self) -> None:
+        up = self.upstream
+        assert up is not None
+        up.open = False
+        answered = bool(self.sent_by_upstream) or up.eofs_in
+        replayable = self.io.replay and not answered and len(self.sent_by_client) <= 64 * 1024
+        retries = self.io.retries
+        self.session.upstream_lost(ConnectionResetError())
+        if self.io.retries > retries:
+            assert replayable, "replayed although the target answered, the app did not opt in, or too much"
+            assert not up.closes and not self.session.done
+        else:
+            self._assert_reset_out()
+
+    @precondition(lambda self: self.upstream is not None and self.upstream.open)
+    @rule(size=st.sampled_from([1, 1000, 65536, 10**6]))
+    def upstream_reads(self, size: int) -> None:
+        up = self.upstream
+        assert up is not None
+        up.drain(size)
+
+    # --- deadlines and the owner -------------------------------------------------------------------------
+    @precondition(lambda self: self.io.half_closed_calls and not self.linger_fired)
+    @rule()
+    def half_close_deadline(self) -> None:
+        self.linger_fired += 1
+        self.session.finish()
+
+    @rule()
+    def idle_deadline_or_stop(self) -> None:
+        self.session.finish(reset=False)
+
+    @precondition(lambda self: self.session.done)
+    @rule()
+    def transports_report_lost(self) -> None:
+        self.session.client_lost(None)
+        self.session.upstream_lost(None)
+
+    # --- invariants --------------------------------------------------------------------------------------
+    @invariant()
+    def no_reading_while_paused(self) -> None:
+        if self.session.done:
+            return
+        assert self.client.reading == (self.session.client_paused == 0)
+        up = self.upstream
+        if up is not None:
+            assert up.reading == (self.session.upstream_paused == 0)
+
+    @invariant()
+    def buffers_stay_bounded(self) -> None:
+        held = self.client.buffered + sum(u.buffered for u in self.upstreams if not u.closes and u.open)
+        if self.session.upstream is None:
+            held += self.session.pending_size
+        assert held <= BUFFER_BOUND, held
+
+    @invariant()
+    def bytes_arrive_in_order(self) -> None:
+        for up in self.upstreams:
+            assert up.delivered[:len(self.header)] == self.header[:len(up.delivered)]
+            body = up.delivered[len(self.header):]
+            assert body == self.sent_by_client[:len(body)]
+        assert self.client.delivered == self.sent_by_upstream[:len(self.client.delivered)]
+
+    @invariant()
+    def eof_only_after_everything(self) -> None:
+        up = self.upstream
+        if up is not None and up.eofs and not up.buffer and not up.closes:
+            assert up.delivered == self.header + self.sent_by_client
+        if self.client.eofs and not self.client.buffer and not self.client.closes:
+            assert self.client.delivered == self.sent_by_upstream
+
+    @invariant()
+    def closed_once_and_counts_released_once(self) -> None:
+        assert len(self.client.closes) <= 1
+        for up in self.upstreams:
+            assert len(up.closes) <= 1
+        assert self.io.closed_calls == (1 if self.session.done else 0)
+        assert self.io.half_closed_calls <= 1
+        assert len(self.io.released) == len(set(self.io.released))
+        if self.session.done:
+            assert len(self.client.closes) == 1
+            if self.upstream is not None:
+                assert len(self.upstream.closes) == 1
+            assert sorted(self.io.released) == list(range(1, self.io.taken + 1))
+        else:
+            assert len(self.io.released) + len(self.io.held) == self.io.taken
+
+
+SessionMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+test_session = SessionMachine.TestCase
+
+
+def test_upload_to_a_slow_target_after_a_slow_connect_stays_bounded() -> None:
+    """Defect 1 by hand: early bytes pass their limit, the connect writes them and the upstream's buffer is
+    over high water at once; the client must stay paused until the upstream drains, not resume."""
+    io = FakeIO(replay=False)
+    client = FakeSide("client")
+    session = Session(io, client)
+    client.session = session
+    while client.reading:
+        session.client_data(bytes(READ_CHUNK))
+    up = FakeSide("upstream")
+    up.session = session
+    session.upstream_made(up)
+    assert up.writing_paused
+    assert not client.reading, "the client resumed while the upstream's buffer is above high water"
+    up.drain(up.buffered)
+    assert client.reading
