@@ -12,7 +12,7 @@ is above its high-water mark; the upstream stops reading while the client's writ
 
 The bound: per direction, the writer's buffer stops the reader at WRITE_HIGH_WATER, and the reader can add at
 most one read (READ_CHUNK, uvloop's read buffer) after that; before the upstream exists, EARLY_BYTES_LIMIT plus
-one read is held, then written at once. So a connection holds at most BUFFER_BOUND bytes of payload in user
+one read is held, then written at once. So a connection holds at most BUFFER_BOUND (1 MiB) of payload in user
 space, whatever its peers do.
 
 Retry semantics: a failed connect always moves on to the next target (the connector's loop). A target that
@@ -29,9 +29,13 @@ REPLAY_LIMIT = 64 * 1024
 WRITE_HIGH_WATER = 256 * 1024
 WRITE_LOW_WATER = 64 * 1024
 READ_CHUNK = 256 * 1024  # uvloop reads at most this much per data_received
-# Payload bytes one connection can hold in user space: per direction, a full write buffer plus one read, and
-# for the upload the early bytes (plus one read) written at connect time on top of a buffer that was empty.
-BUFFER_BOUND = 2 * (WRITE_HIGH_WATER + READ_CHUNK) + EARLY_BYTES_LIMIT + READ_CHUNK
+# Payload bytes one connection can hold in user space. Upload: before the upstream exists the client is read
+# until its early bytes pass EARLY_BYTES_LIMIT (one read over at most), and they all go into the upstream's empty
+# write buffer at connect time; after that the client is read only while that buffer is under high water (one
+# read over at most). Download: the client's write buffer, the same way.
+UPLOAD_BOUND = max(EARLY_BYTES_LIMIT, WRITE_HIGH_WATER) + READ_CHUNK
+DOWNLOAD_BOUND = WRITE_HIGH_WATER + READ_CHUNK
+BUFFER_BOUND = UPLOAD_BOUND + DOWNLOAD_BOUND  # 1 MiB with the values above
 
 # Reasons the client is not read.
 PAUSE_EARLY = 1  # its bytes before the upstream exists passed EARLY_BYTES_LIMIT

@@ -15,15 +15,16 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from proxy.session import (
-    BUFFER_BOUND,
+    DOWNLOAD_BOUND,
     READ_CHUNK,
+    UPLOAD_BOUND,
     WRITE_HIGH_WATER,
     WRITE_LOW_WATER,
     Session,
     Side,
 )
 
-CHUNKS = st.sampled_from([1, 7, 1500, 65536, READ_CHUNK])
+CHUNKS = st.sampled_from([1, 1500, 65536, READ_CHUNK, READ_CHUNK, READ_CHUNK])
 
 
 class FakeSide:
@@ -142,8 +143,9 @@ class FakeIO:
 
 
 class SessionMachine(RuleBasedStateMachine):
-    @initialize(replay=st.booleans(), header=st.sampled_from([None, b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n"]))
-    def accept(self, replay: bool, header: bytes | None) -> None:
+    @initialize(replay=st.booleans(), header=st.sampled_from([None, b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n"]),
+                early=st.lists(st.sampled_from([1, 1500, 65536]), max_size=2))
+    def accept(self, replay: bool, header: bytes | None, early: list[int]) -> None:
         self.io = FakeIO(replay)
         self.client = FakeSide("client")
         self.session = Session(self.io, self.client)
@@ -155,6 +157,8 @@ class SessionMachine(RuleBasedStateMachine):
         self.sent_by_upstream = bytearray()  # by the upstream that answered (a replay happens only before that)
         self.client_eof_sent = False
         self.linger_fired = 0
+        for size in early:  # what a client sends with its first packets, before any connect can finish
+            self.session.client_data(self._chunk(size, self.sent_by_client))
 
     # --- helpers ---------------------------------------------------------------------------------------
     @property
@@ -184,18 +188,39 @@ class SessionMachine(RuleBasedStateMachine):
 
     @precondition(lambda self: self.client.open and self.client.reading and not self.client_eof_sent)
     @rule()
+    def client_floods(self) -> None:
+        """The client uploads as fast as it can: full reads until it is paused (or 8 of them)."""
+        for _ in range(8):
+            if not (self.client.reading and self.client.open):
+                break
+            self.session.client_data(self._chunk(READ_CHUNK, self.sent_by_client))
+
+    @precondition(lambda self: self.upstream is not None and self.upstream.open and self.upstream.reading
+                  and not self.upstream.eofs_in)
+    @rule()
+    def upstream_floods(self) -> None:
+        for _ in range(8):
+            up = self.upstream
+            if up is None or not (up.reading and up.open):
+                break
+            self.session.upstream_data(self._chunk(READ_CHUNK, self.sent_by_upstream))
+
+    @precondition(lambda self: self.client.open and self.client.reading and not self.client_eof_sent)
+    @rule()
     def client_eof(self) -> None:
         self.client_eof_sent = True
         self.session.client_eof_received()
 
     @precondition(lambda self: self.client.open)
-    @rule()
-    def client_resets(self) -> None:
+    @rule(now=st.integers(0, 3))
+    def client_resets(self, now: int) -> None:
+        if now:
+            return
         self.client.open = False
         self.session.client_lost(ConnectionResetError())
         self._assert_reset_out()
 
-    @precondition(lambda self: self.client.open)
+    @precondition(lambda self: self.client.open and self.client.buffered)
     @rule(size=st.sampled_from([1, 1000, 65536, 10**6]))
     def client_reads(self, size: int) -> None:
         self.client.drain(size)
@@ -215,8 +240,10 @@ class SessionMachine(RuleBasedStateMachine):
             assert bytes(up.buffer[0]).startswith(self.header) or up.delivered.startswith(self.header)
 
     @precondition(lambda self: self.io.connecting and not self.session.done)
-    @rule()
-    def every_target_fails(self) -> None:
+    @rule(now=st.integers(0, 3))
+    def every_target_fails(self, now: int) -> None:
+        if now:
+            return
         self.io.connecting = False
         self.session.connect_failed()
         assert self.session.done
@@ -252,7 +279,7 @@ class SessionMachine(RuleBasedStateMachine):
         else:
             self._assert_reset_out()
 
-    @precondition(lambda self: self.upstream is not None and self.upstream.open)
+    @precondition(lambda self: self.upstream is not None and self.upstream.open and self.upstream.buffered)
     @rule(size=st.sampled_from([1, 1000, 65536, 10**6]))
     def upstream_reads(self, size: int) -> None:
         up = self.upstream
@@ -266,9 +293,11 @@ class SessionMachine(RuleBasedStateMachine):
         self.linger_fired += 1
         self.session.finish()
 
-    @rule()
-    def idle_deadline_or_stop(self) -> None:
-        self.session.finish(reset=False)
+    @precondition(lambda self: not self.session.done)
+    @rule(now=st.integers(0, 3))
+    def idle_deadline_or_stop(self, now: int) -> None:
+        if now == 0:  # a deadline is rarer than traffic: let most examples get somewhere first
+            self.session.finish(reset=False)
 
     @precondition(lambda self: self.session.done)
     @rule()
@@ -288,10 +317,10 @@ class SessionMachine(RuleBasedStateMachine):
 
     @invariant()
     def buffers_stay_bounded(self) -> None:
-        held = self.client.buffered + sum(u.buffered for u in self.upstreams if not u.closes and u.open)
-        if self.session.upstream is None:
-            held += self.session.pending_size
-        assert held <= BUFFER_BOUND, held
+        up = self.upstream
+        upload = up.buffered if up is not None else self.session.pending_size
+        assert upload <= UPLOAD_BOUND + len(self.header), upload
+        assert self.client.buffered <= DOWNLOAD_BOUND, self.client.buffered
 
     @invariant()
     def bytes_arrive_in_order(self) -> None:
@@ -300,6 +329,16 @@ class SessionMachine(RuleBasedStateMachine):
             body = up.delivered[len(self.header):]
             assert body == self.sent_by_client[:len(body)]
         assert self.client.delivered == self.sent_by_upstream[:len(self.client.delivered)]
+
+    @invariant()
+    def eof_passed_on_at_once(self) -> None:
+        if self.session.done:
+            return
+        up = self.upstream
+        if up is not None and self.client_eof_sent:
+            assert up.eofs == 1, "the client's EOF did not reach the upstream"
+        if up is not None and up.eofs_in:
+            assert self.client.eofs == 1, "the upstream's EOF did not reach the client"
 
     @invariant()
     def eof_only_after_everything(self) -> None:
@@ -326,7 +365,7 @@ class SessionMachine(RuleBasedStateMachine):
             assert len(self.io.released) + len(self.io.held) == self.io.taken
 
 
-SessionMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+SessionMachine.TestCase.settings = settings(max_examples=200, stateful_step_count=50, deadline=None)
 test_session = SessionMachine.TestCase
 
 
@@ -346,3 +385,39 @@ def test_upload_to_a_slow_target_after_a_slow_connect_stays_bounded() -> None:
     assert not client.reading, "the client resumed while the upstream's buffer is above high water"
     up.drain(up.buffered)
     assert client.reading
+
+
+def _connected(replay: bool, early: bytes) -> tuple[Session, FakeIO, FakeSide, FakeSide]:
+    io = FakeIO(replay=replay)
+    client = FakeSide("client")
+    session = Session(io, client)
+    client.session = session
+    session.client_data(early)
+    io.taken, io.held = 1, [1]
+    up = FakeSide("upstream")
+    up.session = session
+    session.upstream_made(up)
+    return session, io, client, up
+
+
+def test_a_reset_after_the_first_answer_is_passed_on_even_with_retry_on_reset() -> None:
+    session, io, client, up = _connected(replay=True, early=b"request")
+    session.upstream_data(b"partial answer")
+    session.upstream_lost(ConnectionResetError())
+    assert io.retries == 0
+    assert client.closes == [True] and up.closes == [True]
+    assert io.released == [1]
+
+
+def test_a_reset_before_the_answer_replays_only_with_retry_on_reset() -> None:
+    for replay in (False, True):
+        session, io, client, up = _connected(replay=replay, early=b"request")
+        session.upstream_lost(ConnectionResetError())
+        assert io.retries == (1 if replay else 0)
+        assert client.closes == ([] if replay else [True])
+        assert io.released == [1]
+        if replay:
+            again = FakeSide("again")
+            again.session = session
+            session.upstream_made(again)
+            assert again.buffer == [b"request"]
