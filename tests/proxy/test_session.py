@@ -411,7 +411,7 @@ def test_a_reset_after_the_first_answer_is_passed_on_even_with_retry_on_reset() 
 
 def test_a_reset_before_the_answer_replays_only_with_retry_on_reset() -> None:
     for replay in (False, True):
-        session, io, client, up = _connected(replay=replay, early=b"request")
+        session, io, client, _ = _connected(replay=replay, early=b"request")
         session.upstream_lost(ConnectionResetError())
         assert io.retries == (1 if replay else 0)
         assert client.closes == ([] if replay else [True])
