@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from proxy import failpoints
 from proxy.balancer import TargetState, choose, mark_failed, mark_ok
 from proxy.logs import log_event
-from workers.relay import ClientSide, UpstreamSide
+from workers.relay import ClientSide, UpstreamSide, expire_connect
 from workers.resolver import ResolveError, Resolver
 from workers.routes import literal_address
 
@@ -45,17 +45,6 @@ def failure_reason(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
         return "unreachable"
     return "error"
-
-
-def _expire(relay: ClientSide, side: UpstreamSide) -> None:
-    if side.adopted:
-        # The connect completed and the relay took the upstream; the task has not run since. Cancelling
-        # now would close a working upstream with no failover: the connect won the race.
-        return
-    task = relay.connect_task
-    if task is not None and not task.done():
-        relay.connect_expired = True
-        task.cancel()
 
 
 class Connector:
@@ -184,7 +173,7 @@ class Connector:
     async def within(self, relay: ClientSide, side: UpstreamSide, timeout: float,
                      step: Coroutine[Any, Any, T]) -> T | None:
         """The step's result, or None when its deadline passed first (CancelledError: the client left)."""
-        timer = self.loop.call_later(timeout, _expire, relay, side)
+        timer = self.loop.call_later(timeout, expire_connect, relay, side)
         try:
             return await step
         except asyncio.CancelledError:

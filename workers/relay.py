@@ -15,6 +15,7 @@ import socket
 import struct
 from typing import TYPE_CHECKING, Any, Protocol
 
+from proxy import failpoints
 from proxy.session import WRITE_HIGH_WATER, WRITE_LOW_WATER, Session, Side
 
 if TYPE_CHECKING:
@@ -157,6 +158,18 @@ class ClientSide(asyncio.Protocol):
         self.session.upstream_made(transport)
 
 
+def expire_connect(relay: ClientSide, side: UpstreamSide) -> None:
+    """The connect deadline (a loop timer the connector sets per step): cancel the connect task, as a timeout."""
+    if side.adopted:
+        # The connect completed and the relay took the upstream; the task has not run since. Cancelling
+        # now would close a working upstream with no failover: the connect won the race.
+        return
+    task = relay.connect_task
+    if task is not None and not task.done():
+        relay.connect_expired = True
+        task.cancel()
+
+
 class UpstreamSide(asyncio.Protocol):
     __slots__ = ("adopted", "relay", "session", "target")
 
@@ -172,6 +185,8 @@ class UpstreamSide(asyncio.Protocol):
             return
         self.adopted = True
         self.relay.upstream_made(transport, self.target)
+        if failpoints.active("connect-deadline-race"):
+            expire_connect(self.relay, self)  # the deadline fires before the connect task sees its result
 
     def data_received(self, data: bytes) -> None:
         self.session.upstream_data(data)
