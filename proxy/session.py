@@ -94,7 +94,7 @@ class Session:
         self.upstream: Side | None = None
         self.header: bytes | None = None  # PROXY protocol header, first on every upstream attempt
         # Before the upstream exists: the bytes to send it when it does. After: the bytes kept for a replay
-        # while the target has not answered (only with RetryOnReset and up to REPLAY_LIMIT), else None.
+        # while `replayable` (RetryOnReset, the target has not answered, at most REPLAY_LIMIT), else None.
         self.pending: list[bytes] | None = None
         self.pending_size = 0
         self.replayable = False
@@ -140,14 +140,15 @@ class Session:
         upstream = self.upstream
         if upstream is not None:
             upstream.write(data)
-            pending = self.pending
-            if pending is None:
+            if not self.replayable:
                 return
             if self.pending_size + len(data) > REPLAY_LIMIT:
-                self.pending = None  # Too much to replay: from here a reset is passed on, not retried.
-                self.pending_size = 0
+                self.stop_replay()  # Too much to replay: from here a reset is passed on, not retried.
                 return
-            pending.append(data)
+            if self.pending is None:
+                self.pending = [data]
+            else:
+                self.pending.append(data)
             self.pending_size += len(data)
             return
         if self.done:
@@ -196,8 +197,9 @@ class Session:
         pending = self.pending
         if pending:
             upstream.writelines(pending)  # may call upstream_full() at once: that reason then holds
-        self.replayable = self.io.may_replay()
-        if not self.replayable or self.pending_size > REPLAY_LIMIT:
+        # A reset before the answer can be retried (with RetryOnReset) even if the client sent nothing yet.
+        self.replayable = self.pending_size <= REPLAY_LIMIT and self.io.may_replay()
+        if not self.replayable:
             self.pending = None
             self.pending_size = 0
         self.resume_client(PAUSE_EARLY)
@@ -208,15 +210,18 @@ class Session:
 
     def upstream_data(self, data: bytes) -> None:
         self.bytes_out += len(data)
-        if self.pending is not None:
-            self.pending = None  # The target answered: a reset from here on is passed on, never replayed.
-            self.pending_size = 0
+        if self.replayable:
+            self.stop_replay()  # The target answered: a reset from here on is passed on, never replayed.
         self.client.write(data)
+
+    def stop_replay(self) -> None:
+        self.replayable = False
+        self.pending = None
+        self.pending_size = 0
 
     def upstream_eof_received(self) -> None:
         self.upstream_eof = True
-        self.pending = None  # An orderly end is an answer too.
-        self.pending_size = 0
+        self.stop_replay()  # An orderly end is an answer too.
         if self.done:
             return
         if self.client_eof:
@@ -234,7 +239,7 @@ class Session:
     def upstream_lost(self, exc: BaseException | None) -> None:
         if self.done:
             return
-        if exc is not None and self.pending is not None and self.replayable and not self.upstream_eof:
+        if exc is not None and self.replayable:
             # Reset before a single byte came back, and the app opted in: the same bytes go to the next
             # target. A reset can surface as ECONNRESET on a read, EPIPE on a write or ENOTCONN on the
             # shutdown() that passed the client's EOF on: all the same event.
@@ -255,6 +260,7 @@ class Session:
         if self.done:
             return
         self.done = True
+        self.replayable = False
         self.pending = None
         io = self.io
         io.close_side(self.client, reset)

@@ -277,6 +277,7 @@ class SessionMachine(RuleBasedStateMachine):
             assert replayable, "replayed although the target answered, the app did not opt in, or too much"
             assert not up.closes and not self.session.done
         else:
+            assert not replayable, "a reset before any answer was passed on although the app opted in"
             self._assert_reset_out()
 
     @precondition(lambda self: self.upstream is not None and self.upstream.open and self.upstream.buffered)
@@ -421,3 +422,18 @@ def test_a_reset_before_the_answer_replays_only_with_retry_on_reset() -> None:
             again.session = session
             session.upstream_made(again)
             assert again.buffer == [b"request"]
+
+
+def test_a_reset_before_the_client_sent_anything_is_retried_with_retry_on_reset() -> None:
+    """A queued connection reset by a closing listener, before the client's first byte: nothing to replay,
+    but the client must still get the next target."""
+    io = FakeIO(replay=True)
+    client = FakeSide("client")
+    session = Session(io, client)
+    client.session = session
+    io.taken, io.held = 1, [1]
+    up = FakeSide("upstream")
+    up.session = session
+    session.upstream_made(up)
+    session.upstream_lost(ConnectionResetError())
+    assert io.retries == 1 and not client.closes
