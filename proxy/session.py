@@ -1,9 +1,9 @@
 """One proxied connection's logic as a sans-io state machine: events in, actions out, no sockets.
 
 The adapter (workers/relay.py) turns transport callbacks into calls here (`client_data`, `upstream_eof`,
-`upstream_full`, ...) and gives the machine two `Side`s to act on (write, pause and resume reading, write_eof)
-and a `SessionIO` for everything else (closing with or without a reset, the half-close timer, a retry, the
-owner's bookkeeping). Nothing on the data path allocates: a chunk in is one `write` call out.
+`upstream_full`, ...), gives the machine two `Side`s to act on (write, pause and resume reading, write_eof)
+and implements the hooks for everything else (closing with or without a reset, the half-close timer, a retry,
+the owner's bookkeeping). Nothing on the data path allocates: a chunk in is one `write` call out.
 
 Flow control with reasons: each side's reading is paused by a bitmask of reasons and resumed only when the
 last reason clears, so one source's resume can never undo another's pause. The client stops reading while
@@ -58,38 +58,21 @@ class Side(Protocol):
     def resume_reading(self) -> None: ...
 
 
-class SessionIO(Protocol):
-    """Everything else the machine asks of its adapter; none of it is on the per-chunk path."""
-
-    def close_side(self, side: Side, reset: bool) -> None:
-        """Close that connection once: orderly (buffers flushed) or with RST."""
-
-    def half_closed(self) -> None:
-        """One side has sent EOF: start the app's HalfCloseTimeout, if any (called once per connection)."""
-
-    def may_replay(self) -> bool:
-        """Does the app allow replaying the client's bytes after a reset (RetryOnReset)?"""
-
-    def retry(self, exc: BaseException) -> None:
-        """The upstream was reset before answering and a replay is allowed: connect to the next target."""
-
-    def release_target(self) -> None:
-        """The upstream this session held is gone: give back its target's outstanding count."""
-
-    def closed(self) -> None:
-        """Both sides are closed: cancel timers and connects, release the connection's counts."""
-
-
 class Session:
-    """The state of one client connection and its current upstream attempt."""
+    """The state of one client connection and its current upstream attempt.
+
+    The I/O that is not on the data path is a handful of hooks (the methods under "hooks" below) that the
+    adapter subclass implements, so one object per connection is both the machine and the Protocol: no
+    second allocation, and the adapter can alias a transport callback straight to an event method. The
+    machine itself never touches the event loop.
+    """
 
     __slots__ = (
-        "bytes_in", "bytes_out", "client", "client_eof", "client_paused", "done", "header", "io", "lingering",
+        "bytes_in", "bytes_out", "client", "client_eof", "client_paused", "done", "header", "lingering",
         "pending", "pending_size", "replayable", "upstream", "upstream_eof", "upstream_paused",
     )
 
-    def __init__(self, io: SessionIO, client: Side) -> None:
-        self.io = io
+    def __init__(self, client: Side) -> None:
         self.client = client
         self.upstream: Side | None = None
         self.header: bytes | None = None  # PROXY protocol header, first on every upstream attempt
@@ -176,7 +159,7 @@ class Session:
     def half_closed(self) -> None:
         if not self.lingering:
             self.lingering = True
-            self.io.half_closed()
+            self.start_half_close_timer()
 
     def client_full(self) -> None:
         self.pause_upstream(PAUSE_CLIENT_FULL)
@@ -198,7 +181,7 @@ class Session:
         if pending:
             upstream.writelines(pending)  # may call upstream_full() at once: that reason then holds
         # A reset before the answer can be retried (with RetryOnReset) even if the client sent nothing yet.
-        self.replayable = self.pending_size <= REPLAY_LIMIT and self.io.may_replay()
+        self.replayable = self.pending_size <= REPLAY_LIMIT and self.may_replay()
         if not self.replayable:
             self.pending = None
             self.pending_size = 0
@@ -244,9 +227,9 @@ class Session:
             # target. A reset can surface as ECONNRESET on a read, EPIPE on a write or ENOTCONN on the
             # shutdown() that passed the client's EOF on: all the same event.
             self.upstream = None
-            self.io.release_target()
+            self.release_target()
             self.resume_client(PAUSE_UPSTREAM_FULL)  # that buffer is gone with its connection
-            self.io.retry(exc)
+            self.retry(exc)
             return
         self.finish(reset=exc is not None)
 
@@ -262,8 +245,32 @@ class Session:
         self.done = True
         self.replayable = False
         self.pending = None
-        io = self.io
-        io.close_side(self.client, reset)
+        self.close_side(self.client, reset)
         if self.upstream is not None:
-            io.close_side(self.upstream, reset)
-        io.closed()
+            self.close_side(self.upstream, reset)
+        self.closed()
+
+    # --- hooks: the adapter's side of the machine, none of them on the per-chunk path -------------------------
+    def close_side(self, side: Side, reset: bool) -> None:
+        """Close that connection once: orderly (buffers flushed) or with RST."""
+        raise NotImplementedError
+
+    def start_half_close_timer(self) -> None:
+        """One side has sent EOF: start the app's HalfCloseTimeout, if any (asked once per connection)."""
+        raise NotImplementedError
+
+    def may_replay(self) -> bool:
+        """Does the app allow replaying the client's bytes after a reset (RetryOnReset)?"""
+        raise NotImplementedError
+
+    def release_target(self) -> None:
+        """The upstream this session held is gone: give back its target's outstanding count."""
+        raise NotImplementedError
+
+    def retry(self, exc: BaseException) -> None:
+        """The upstream was reset before answering and a replay is allowed: connect to the next target."""
+        raise NotImplementedError
+
+    def closed(self) -> None:
+        """Both sides are closed: cancel timers and connects, release the connection's counts."""
+        raise NotImplementedError

@@ -61,7 +61,7 @@ class Connector:
         except Exception as exc:  # A bug: this client only, and at once, not after its IdleTimeout.
             log.exception("worker %d: connect failed unexpectedly: %s", self.slot, exc,
                           extra={"event": "connect_error", "worker": self.slot})
-            relay.session.connect_failed()
+            relay.connect_failed()
 
     async def failover(self, relay: ClientSide) -> None:
         route = relay.route
@@ -96,22 +96,22 @@ class Connector:
             if isinstance(failure, OSError) and failure.errno in FD_EXHAUSTED:
                 if self.policy is not None:
                     self.policy.fds_exhausted(failure)
-                relay.session.connect_failed()
+                relay.connect_failed()
                 return
             self.failed(route.app.name, state, failure)
-            if relay.finished:
+            if relay.done:
                 return
             stats.failovers += 1
         if app.max_conns is not None and (full or any(s not in tried for s in route.targets)):
             if self.policy is not None:
                 self.policy.refuse(route, f"every target is at MaxConns ({app.max_conns})")
-            relay.session.connect_failed()
+            relay.connect_failed()
             return
         stats.failed += 1
         log_event(log, logging.DEBUG, "connect_failed",
                   f"app {route.app.name}: all {len(tried)} targets failed; closing the client",
                   app=route.app.name, worker=self.slot)
-        relay.session.connect_failed()
+        relay.connect_failed()
 
     def connected(self, relay: ClientSide, state: TargetState, seconds: float) -> None:
         relay.connect_task = None  # this task ends now: an idle connection should not keep it alive

@@ -1,11 +1,12 @@
 """The relay: the thin adapter between uvloop transports and one connection's state machine (proxy/session.py).
 
-`ClientSide` is the accepted connection's Protocol and the `SessionIO` of its `Session`; `UpstreamSide` is the
-Protocol of each upstream attempt. Every transport callback becomes one call into the session; the session
-acts on the transports directly (write, pause/resume reading, write_eof) and asks this adapter for the rest:
-closing (with RST to pass a reset on), the HalfCloseTimeout timer, a retry, the owner's bookkeeping.
+`ClientSide` is the accepted connection's Protocol: a `Session` subclass that implements the machine's hooks
+(closing with RST to pass a reset on, the HalfCloseTimeout timer, a retry, the owner's bookkeeping) and maps
+transport callbacks onto its events, most of them by plain aliasing, so a chunk costs no extra call.
+`UpstreamSide` is the Protocol of each upstream attempt and forwards to the same session.
 
 The owner (the worker) is reached through `RelayOwner`, so this module imports nothing from the worker.
+Another adapter (another event loop, another way to move bytes) can subclass `Session` the same way.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from proxy import failpoints
 from proxy.session import WRITE_HIGH_WATER, WRITE_LOW_WATER, Session, Side
@@ -48,17 +49,15 @@ def _reset(transport: Any) -> None:
     transport.abort()
 
 
-class ClientSide(asyncio.Protocol):
+class ClientSide(Session, asyncio.Protocol):
     __slots__ = (
-        "client", "connect_expired", "connect_task", "idle_since", "linger", "owner", "route", "seen", "session",
-        "target", "tried",
+        "connect_expired", "connect_task", "idle_since", "linger", "owner", "route", "seen", "target", "tried",
     )
 
     def __init__(self, owner: RelayOwner, route: AppRoute | None) -> None:
+        Session.__init__(self, cast(Side, None))  # the transport arrives in connection_made, before any event
         self.owner = owner
         self.route = route
-        self.client: Any = None
-        self.session: Session = None  # type: ignore[assignment]  # made with the transport, in connection_made
         self.target: TargetState | None = None  # the target of the adopted upstream, whose count we hold
         self.tried: list[TargetState] = []
         self.seen = 0  # bytes_in + bytes_out at the last idle sweep: activity is derived, not flagged per read
@@ -67,62 +66,30 @@ class ClientSide(asyncio.Protocol):
         self.connect_expired = False  # the connect timer, not the client, cancelled connect_task
         self.linger: asyncio.TimerHandle | None = None  # HalfCloseTimeout, from the first EOF
 
-    # Read by the owner (stats, idle sweep); the session counts.
-    @property
-    def bytes_in(self) -> int:
-        return self.session.bytes_in if self.session is not None else 0
-
-    @property
-    def bytes_out(self) -> int:
-        return self.session.bytes_out if self.session is not None else 0
-
-    @property
-    def finished(self) -> bool:
-        return self.session is not None and self.session.done
-
-    @property
-    def upstream(self) -> Side | None:
-        return self.session.upstream
-
-    @property
-    def header(self) -> bytes | None:
-        return self.session.header
-
-    @header.setter
-    def header(self, value: bytes | None) -> None:
-        self.session.header = value
-
     # --- client transport events --------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.client = transport
+        self.client = cast(Side, transport)
         transport.set_write_buffer_limits(WRITE_HIGH_WATER, WRITE_LOW_WATER)  # type: ignore[attr-defined]
-        self.session = Session(self, transport)  # type: ignore[arg-type]
         self.owner.accepted(self)
 
-    def data_received(self, data: bytes) -> None:
-        self.session.client_data(data)
+    # The transport's callbacks are the machine's events, with no call in between.
+    data_received = Session.client_data
+    connection_lost = Session.client_lost
+    pause_writing = Session.client_full
+    resume_writing = Session.client_drained
 
     def eof_received(self) -> bool:
-        self.session.client_eof_received()
+        self.client_eof_received()
         return True  # Keep the client open for the upstream's remaining bytes.
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.session.client_lost(exc)
-
-    def pause_writing(self) -> None:
-        self.session.client_full()
-
-    def resume_writing(self) -> None:
-        self.session.client_drained()
-
-    # --- SessionIO -------------------------------------------------------------------------------------
+    # --- the machine's hooks ---------------------------------------------------------------------------
     def close_side(self, side: Side, reset: bool) -> None:
         if reset:
             _reset(side)
         else:
             side.close()  # type: ignore[attr-defined]
 
-    def half_closed(self) -> None:
+    def start_half_close_timer(self) -> None:
         timeout = self.route.app.half_close_timeout if self.route is not None else None
         if timeout is not None:
             self.linger = self.owner.loop.call_later(timeout, self.finish)
@@ -147,15 +114,11 @@ class ClientSide(asyncio.Protocol):
             task.cancel()
         self.owner.finished(self)
 
-    # --- for the connector and the owner -----------------------------------------------------------------
-    def finish(self, reset: bool = False) -> None:
-        """Close both sides exactly once (the session decides; a second call does nothing)."""
-        self.session.finish(reset)
-
-    def upstream_made(self, transport: Any, target: TargetState) -> None:
+    # --- for the connector -----------------------------------------------------------------------------
+    def adopt_upstream(self, transport: Any, target: TargetState) -> None:
         self.target = target
         transport.set_write_buffer_limits(WRITE_HIGH_WATER, WRITE_LOW_WATER)
-        self.session.upstream_made(transport)
+        self.upstream_made(transport)
 
 
 def expire_connect(relay: ClientSide, side: UpstreamSide) -> None:
@@ -171,36 +134,35 @@ def expire_connect(relay: ClientSide, side: UpstreamSide) -> None:
 
 
 class UpstreamSide(asyncio.Protocol):
-    __slots__ = ("adopted", "relay", "session", "target")
+    __slots__ = ("adopted", "relay", "target")
 
     def __init__(self, relay: ClientSide, target: TargetState) -> None:
         self.relay = relay
-        self.session = relay.session
         self.target = target
         self.adopted = False  # the relay took this connection (the connector reads it)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if self.session.done:
+        if self.relay.done:
             transport.close()  # The client left while we were connecting.
             return
         self.adopted = True
-        self.relay.upstream_made(transport, self.target)
+        self.relay.adopt_upstream(transport, self.target)
         if failpoints.active("connect-deadline-race"):
             expire_connect(self.relay, self)  # the deadline fires before the connect task sees its result
 
     def data_received(self, data: bytes) -> None:
-        self.session.upstream_data(data)
+        self.relay.upstream_data(data)
 
     def eof_received(self) -> bool:
-        self.session.upstream_eof_received()
+        self.relay.upstream_eof_received()
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.adopted:
-            self.session.upstream_lost(exc)
+            self.relay.upstream_lost(exc)
 
     def pause_writing(self) -> None:
-        self.session.upstream_full()
+        self.relay.upstream_full()
 
     def resume_writing(self) -> None:
-        self.session.upstream_drained()
+        self.relay.upstream_drained()

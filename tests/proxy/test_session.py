@@ -105,7 +105,8 @@ class FakeSide:
 
 
 class FakeIO:
-    """The adapter's side of SessionIO, with the owner's counts: one admission slot, one count per target."""
+    """The adapter's side of the machine's hooks, with the owner's counts: one admission slot, one count per
+    target."""
 
     def __init__(self, replay: bool) -> None:
         self.replay = replay
@@ -142,13 +143,41 @@ class FakeIO:
             self.released.append(self.held.pop())
 
 
+class ModelSession(Session):
+    """The machine with its hooks played by a FakeIO, as workers/relay.py's ClientSide plays them for real."""
+
+    __slots__ = ("io",)
+
+    def __init__(self, io: FakeIO, client: FakeSide) -> None:
+        super().__init__(client)
+        self.io = io
+
+    def close_side(self, side: Side, reset: bool) -> None:
+        self.io.close_side(side, reset)
+
+    def start_half_close_timer(self) -> None:
+        self.io.half_closed()
+
+    def may_replay(self) -> bool:
+        return self.io.may_replay()
+
+    def release_target(self) -> None:
+        self.io.release_target()
+
+    def retry(self, exc: BaseException) -> None:
+        self.io.retry(exc)
+
+    def closed(self) -> None:
+        self.io.closed()
+
+
 class SessionMachine(RuleBasedStateMachine):
     @initialize(replay=st.booleans(), header=st.sampled_from([None, b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n"]),
                 early=st.lists(st.sampled_from([1, 1500, 65536]), max_size=2))
     def accept(self, replay: bool, header: bytes | None, early: list[int]) -> None:
         self.io = FakeIO(replay)
         self.client = FakeSide("client")
-        self.session = Session(self.io, self.client)
+        self.session = ModelSession(self.io, self.client)
         self.client.session = self.session
         self.session.header = header
         self.header = header or b""
@@ -375,7 +404,7 @@ def test_upload_to_a_slow_target_after_a_slow_connect_stays_bounded() -> None:
     over high water at once; the client must stay paused until the upstream drains, not resume."""
     io = FakeIO(replay=False)
     client = FakeSide("client")
-    session = Session(io, client)
+    session = ModelSession(io, client)
     client.session = session
     while client.reading:
         session.client_data(bytes(READ_CHUNK))
@@ -391,7 +420,7 @@ def test_upload_to_a_slow_target_after_a_slow_connect_stays_bounded() -> None:
 def _connected(replay: bool, early: bytes) -> tuple[Session, FakeIO, FakeSide, FakeSide]:
     io = FakeIO(replay=replay)
     client = FakeSide("client")
-    session = Session(io, client)
+    session = ModelSession(io, client)
     client.session = session
     session.client_data(early)
     io.taken, io.held = 1, [1]
@@ -429,7 +458,7 @@ def test_a_reset_before_the_client_sent_anything_is_retried_with_retry_on_reset(
     but the client must still get the next target."""
     io = FakeIO(replay=True)
     client = FakeSide("client")
-    session = Session(io, client)
+    session = ModelSession(io, client)
     client.session = session
     io.taken, io.held = 1, [1]
     up = FakeSide("upstream")
