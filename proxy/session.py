@@ -187,6 +187,8 @@ class Session:
             self.pending_size = 0
         self.resume_client(PAUSE_EARLY)
         if self.upstream_paused:
+            # Only reachable after a replay, when nothing was written to the client (its buffer is empty), so
+            # in practice never; kept so the reason and the transport cannot disagree.
             upstream.pause_reading()
         if self.client_eof:
             upstream.write_eof()
