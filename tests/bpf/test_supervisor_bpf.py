@@ -507,7 +507,7 @@ def test_ipv4_bind_leaves_ipv6_on_its_ports_to_others(scene: Scene, netns: Netns
     cannot take). 3. IPv4 to 9999 still reaches skiff's app."""
     scene.targets()
     write_config(scene.config, APPS)
-    scene.supervisor()
+    scene.supervisor("--bind", "0.0.0.0")
     assert netns.run(_ipv6_listener_gets, 9999, 5) == 5
     name, echoed = scene.ns.roundtrip(9999, b"v4")
     assert (name.split("-")[0], echoed) == ("bravo", b"v4")
