@@ -26,8 +26,9 @@ def test_upload_to_a_slow_target_after_a_lost_syn_keeps_the_worker_bounded(tmp_p
         try:
             config = tmp_path / "skiff.json"
             write_config(config, [app("slow", [5001], [f"{FAR_ADDRESS}:9000"], ConnectTimeout=5)])
-            skiff = Skiff(config, workers=1, preexec_fn=link.enter_near)
+            skiff = Skiff(config, workers=1, preexec_fn=link.enter_near, wait_ready=False)
             try:
+                skiff.wait_log(r"ready: config v", timeout=15)
                 worker = psutil.Process(skiff.worker_pid(0))
                 before = worker.memory_info().rss
                 peak = before
