@@ -26,7 +26,10 @@ from bpf.errors import SteeringError
 from bpf.ports import PortsDiff, diff_ports, validate_ports
 
 PROGRAM = "steer"
-MAPS = ("ports", "sockets", "counters", "bind_addr")
+MAPS = ("ports", "sockets", "counters", "bind_addr", "group_families")
+# Bits of a group_families value, as in skiff.bpf.c.
+FAMILY_IPV4 = 1
+FAMILY_IPV6 = 2
 # Same order as enum counter in skiff.bpf.c.
 COUNTERS = ("lookups", "steered", "dropped_no_socket", "errors")
 
@@ -234,9 +237,11 @@ class Steering:
         return self.group_socket_cookie(0) == socket_cookie(sock)
 
     def set_group_socket(self, group: int, sock: socket.socket) -> None:
-        """Point group at sock (a listening TCP socket); replaces any previous socket atomically."""
+        """Point group at sock (a listening TCP socket); replaces any previous socket atomically. The families
+        it takes are written first, so the program never hands a lookup to a socket of the wrong family."""
         self._check_group(group)
         try:
+            libbpf.map_update(self._fds["group_families"], _U32.pack(group), _U32.pack(socket_families(sock)))
             libbpf.map_update(self._fds["sockets"], _U32.pack(group), _U64.pack(sock.fileno()))
         except OSError as exc:
             raise SteeringError(_reason(f"put a socket into group {group}", exc)) from None
@@ -341,6 +346,15 @@ class Steering:
             elif exc.errno != errno.ENOENT:
                 raise
             return exc.done
+
+
+def socket_families(sock: socket.socket) -> int:
+    """FAMILY_* bits of the connections a listening socket can take."""
+    if sock.family == socket.AF_INET:
+        return FAMILY_IPV4
+    if sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY):
+        return FAMILY_IPV6
+    return FAMILY_IPV4 | FAMILY_IPV6
 
 
 def _take_over_link(path: Path, prog: int) -> int:

@@ -10,7 +10,12 @@
 #include <bpf/bpf_helpers.h>
 
 #define AF_INET 2
+#define AF_INET6 10
 #define MAX_GROUPS 64
+
+/* Bits of a `group_families` value: which families the group's socket takes. */
+#define FAMILY_IPV4 1
+#define FAMILY_IPV6 2
 
 /* Indexes into `counters`; bpf/loader.py names them in the same order. */
 enum counter {
@@ -60,6 +65,18 @@ struct {
 	__type(value, __u32);
 } bind_addr SEC(".maps");
 
+/* Key: worker-group index. Value: FAMILY_* bits of that group's socket (an
+ * AF_INET socket takes IPv4; AF_INET6 takes IPv6, and IPv4 too unless
+ * IPV6_V6ONLY). 0: not written (a loader older than this map), which keeps
+ * the old behaviour: every family. A map of its own, added later, so the
+ * pinned maps above keep their layout across takeovers. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MAX_GROUPS);
+	__type(key, __u32);
+	__type(value, __u32);
+} group_families SEC(".maps");
+
 static __always_inline void count(__u32 idx)
 {
 	__u64 *value = bpf_map_lookup_elem(&counters, &idx);
@@ -78,6 +95,18 @@ static __always_inline int address_is_ours(const struct bpf_sk_lookup *ctx)
 	if (!want || *want == 0)
 		return 1;
 	return ctx->family == AF_INET && ctx->local_ip4 == *want;
+}
+
+/* Can the group's socket take a connection of this lookup's family? */
+static __always_inline int family_is_ours(const struct bpf_sk_lookup *ctx, __u32 *group)
+{
+	__u32 *families = bpf_map_lookup_elem(&group_families, group);
+	__u32 want;
+
+	if (!families || *families == 0)
+		return 1;
+	want = ctx->family == AF_INET6 ? FAMILY_IPV6 : FAMILY_IPV4;
+	return (*families & want) != 0;
 }
 
 SEC("sk_lookup")
@@ -101,6 +130,12 @@ int steer(struct bpf_sk_lookup *ctx)
 	if (!address_is_ours(ctx))
 		return SK_PASS;
 
+	/* Configured port but a family our socket cannot take (IPv6 with an
+	 * IPv4 group socket): not ours, so another program's listener of that
+	 * family gets it. */
+	if (!family_is_ours(ctx, group))
+		return SK_PASS;
+
 	count(C_LOOKUPS);
 
 	sk = bpf_map_lookup_elem(&sockets, group);
@@ -116,9 +151,9 @@ int steer(struct bpf_sk_lookup *ctx)
 	bpf_sk_release(sk);
 	if (err) {
 		count(C_ERRORS);
-		/* The group socket cannot take this connection (for example an
-		 * AF_INET listener and an IPv6 packet). Same reason as above: the
-		 * port is ours, so nobody else may have it. */
+		/* The group socket cannot take this connection although its
+		 * family matches (for example it stopped listening). Same reason
+		 * as above: the port is ours, so nobody else may have it. */
 		return SK_DROP;
 	}
 

@@ -68,6 +68,7 @@ class App:
     max_conns: int | None = None  # connections per target (all workers) it never exceeds
     health_check: HealthCheck | None = None
     proxy_protocol: str | None = None  # "v1" or "v2"
+    retry_on_reset: bool = False  # replay the client's bytes to another target after a reset before any answer
 
     def to_document(self) -> dict[str, Any]:
         document: dict[str, Any] = {
@@ -86,6 +87,8 @@ class App:
                 document[name] = value
         if self.health_check is not None:
             document["HealthCheck"] = self.health_check.to_document()
+        if self.retry_on_reset:
+            document["RetryOnReset"] = True
         return document
 
 
@@ -283,6 +286,12 @@ def _parse_proxy_protocol(path: str, value: Any) -> str:
     return str(value)
 
 
+def _parse_flag(path: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(path, f"{_show(value)} is not true or false")
+    return value
+
+
 def _parse_health_check(path: str, value: Any) -> HealthCheck:
     if not isinstance(value, dict):
         raise ConfigError(path, f"must be an object with Interval, Timeout, Rise, Fall, not {_kind(value)}")
@@ -320,6 +329,7 @@ OPTIONAL_APP_FIELDS: dict[str, Callable[[str, Any], Any]] = {
     "MaxConns": _parse_count,
     "HealthCheck": _parse_health_check,
     "ProxyProtocol": _parse_proxy_protocol,
+    "RetryOnReset": _parse_flag,
 }
 
 

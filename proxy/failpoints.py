@@ -6,6 +6,9 @@ while PATH exists, so a test can switch a fault on and off from outside the proc
     worker-boot       a worker exits before it is ready (EXIT_BOOT_FAILED)
     worker-apply      applying a snapshot raises in the worker (the control path fails)
     relay-callback    a relay's client data callback raises (one connection's callback fails)
+    connect-raise     a connect attempt raises RuntimeError (a bug in the connect path)
+    connect-deadline-race   the connect deadline fires after the upstream was adopted, before the connect task
+                      resumed (the window between connection_made and create_connection's return)
     supervisor-fork   the supervisor's fork raises OSError(EAGAIN), as under a process limit
     metrics-render    rendering /metrics raises
     takeover-commit   a successor SIGKILLs itself mid-commit (the maps already point at it, uncommitted)

@@ -1,9 +1,12 @@
-"""Connect with failover: try the app's targets, each at most once, within a per-attempt timeout.
+"""Connect with failover: try the app's targets, each at most once, within a per-address timeout.
 
-A failed attempt (refused, unreachable, timeout, DNS failure) marks the target down with backoff and moves on;
+A name's addresses are tried in the resolver's order, each within the app's ConnectTimeout; the target has
+failed only when all of them have. A failed attempt (refused, unreachable, timeout, DNS failure) marks the
+target down with backoff and moves on;
 the client only sees a failure when every target of its app has failed for this connection. Targets at the
 app's MaxConns are skipped; when only those are left the client is refused. Running out of file descriptors
-is this process's problem, not the target's: it never marks a target down.
+is this process's problem, not the target's: it never marks a target down. Anything else a connect raises is a
+bug: it is logged, the target's count is given back and the client is closed at once.
 """
 
 from __future__ import annotations
@@ -13,19 +16,21 @@ import errno
 import logging
 import random
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from proxy import failpoints
 from proxy.balancer import TargetState, choose, mark_failed, mark_ok
 from proxy.logs import log_event
-from workers.relay import UpstreamSide
+from workers.relay import ClientSide, UpstreamSide, expire_connect
 from workers.resolver import ResolveError, Resolver
 from workers.routes import literal_address
 
 if TYPE_CHECKING:
     from workers.policy import Policy
-    from workers.relay import ClientSide
 
 log = logging.getLogger("worker")
+T = TypeVar("T")
 
 FD_EXHAUSTED = (errno.EMFILE, errno.ENFILE)
 
@@ -42,13 +47,6 @@ def failure_reason(exc: BaseException) -> str:
     return "error"
 
 
-def _expire(relay: ClientSide) -> None:
-    task = relay.connect_task
-    if task is not None and not task.done():
-        relay.connect_expired = True
-        task.cancel()
-
-
 class Connector:
     def __init__(self, slot: int, resolver: Resolver, rng: random.Random, policy: Policy | None = None) -> None:
         self.slot = slot
@@ -58,6 +56,14 @@ class Connector:
         self.loop = asyncio.get_running_loop()
 
     async def connect(self, relay: ClientSide) -> None:
+        try:
+            await self.failover(relay)
+        except Exception as exc:  # A bug: this client only, and at once, not after its IdleTimeout.
+            log.exception("worker %d: connect failed unexpectedly: %s", self.slot, exc,
+                          extra={"event": "connect_error", "worker": self.slot})
+            relay.connect_failed()
+
+    async def failover(self, relay: ClientSide) -> None:
         route = relay.route
         assert route is not None
         stats = route.stats
@@ -90,22 +96,22 @@ class Connector:
             if isinstance(failure, OSError) and failure.errno in FD_EXHAUSTED:
                 if self.policy is not None:
                     self.policy.fds_exhausted(failure)
-                relay.finish()
+                relay.connect_failed()
                 return
             self.failed(route.app.name, state, failure)
-            if relay.finished:
+            if relay.done:
                 return
             stats.failovers += 1
         if app.max_conns is not None and (full or any(s not in tried for s in route.targets)):
             if self.policy is not None:
                 self.policy.refuse(route, f"every target is at MaxConns ({app.max_conns})")
-            relay.finish()
+            relay.connect_failed()
             return
         stats.failed += 1
         log_event(log, logging.DEBUG, "connect_failed",
                   f"app {route.app.name}: all {len(tried)} targets failed; closing the client",
                   app=route.app.name, worker=self.slot)
-        relay.finish()
+        relay.connect_failed()
 
     def connected(self, relay: ClientSide, state: TargetState, seconds: float) -> None:
         relay.connect_task = None  # this task ends now: an idle connection should not keep it alive
@@ -119,31 +125,64 @@ class Connector:
 
     async def attempt(self, relay: ClientSide, state: TargetState,
                       timeout: float) -> tuple[bool, BaseException | None]:
-        """One connect (with its DNS lookup) to one target: (adopted, why it failed).
+        """One target: its DNS lookup, then each of its addresses in turn: (adopted, why it failed).
 
         `adopted` says the relay took the connection (UpstreamSide.connection_made ran), which can happen even
-        when create_connection then reports an error. The deadline is a plain loop timer that cancels the
-        connect task: cheaper per connection than asyncio.timeout, which the new-connection rate notices.
+        when create_connection then reports an error. Each step has its own deadline: a plain loop timer that
+        cancels the connect task, cheaper per connection than asyncio.timeout, which the new-connection rate
+        notices. Anything unexpected gives the target's count back before it propagates.
         """
         side = UpstreamSide(relay, state)
-        timer = self.loop.call_later(timeout, _expire, relay)
         try:
-            host = literal_address(state.target.host) or await self.resolver.resolve(state.target.host)
-            await self.loop.create_connection(lambda: side, host, state.target.port)
-            return side.adopted, None
-        except (OSError, ResolveError) as exc:
+            host = literal_address(state.target.host)
+            if host is not None:
+                return await self.attempt_address(relay, side, host, timeout)
+            hosts = await self.within(relay, side, timeout, self.resolver.resolve_all(state.target.host))
+            if hosts is None:
+                return False, TimeoutError(f"no address for {state.target.host} within {timeout:g} s")
+            failure: BaseException | None = None
+            for host in hosts:
+                adopted, failure = await self.attempt_address(relay, side, host, timeout)
+                if adopted or failure is None or (isinstance(failure, OSError) and failure.errno in FD_EXHAUSTED):
+                    return adopted, failure
+            return False, failure
+        except ResolveError as exc:
+            return False, exc
+        except asyncio.CancelledError:
+            if not side.adopted:
+                state.release()  # The client left while we were connecting; once adopted, the relay accounts.
+            raise
+        except Exception:
+            if not side.adopted:
+                state.release()
+            raise
+
+    async def attempt_address(self, relay: ClientSide, side: UpstreamSide, host: str,
+                              timeout: float) -> tuple[bool, BaseException | None]:
+        if failpoints.active("connect-raise"):
+            raise RuntimeError("failpoint connect-raise")
+        try:
+            connected = await self.within(relay, side, timeout,
+                                          self.loop.create_connection(lambda: side, host, side.target.target.port))
+        except OSError as exc:
             return side.adopted, exc
+        if connected is None:
+            return side.adopted, TimeoutError(f"no connection to {host} within {timeout:g} s")
+        return side.adopted, None
+
+    async def within(self, relay: ClientSide, side: UpstreamSide, timeout: float,
+                     step: Coroutine[Any, Any, T]) -> T | None:
+        """The step's result, or None when its deadline passed first (CancelledError: the client left)."""
+        timer = self.loop.call_later(timeout, expire_connect, relay, side)
+        try:
+            return await step
         except asyncio.CancelledError:
             if not relay.connect_expired:
-                # The client left while we were connecting. Once the relay adopted the upstream, its own
-                # finish() accounts for the target; before that, we do.
-                if not side.adopted:
-                    state.release()
                 raise
             relay.connect_expired = False
             if relay.connect_task is not None:
                 relay.connect_task.uncancel()
-            return side.adopted, TimeoutError(f"no connection within {timeout:g} s")
+            return None
         finally:
             timer.cancel()
 

@@ -1,18 +1,12 @@
-"""The relay: one proxied connection as two Protocols sharing the client side's state.
+"""The relay: the thin adapter between uvloop transports and one connection's state machine (proxy/session.py).
 
-`ClientSide` is the accepted connection and owns the relay; `UpstreamSide` forwards the target's bytes back.
-Flow control: when one side's write buffer passes its high-water mark, the other side stops reading until it
-drains, so memory per connection stays bounded however slow a reader is. EOF from one side becomes
-shutdown(SHUT_WR) towards the other while the other direction keeps flowing; a reset on one side becomes a
-reset on the other. Both sockets are closed exactly once, by `ClientSide.finish`.
+`ClientSide` is the accepted connection's Protocol: a `Session` subclass that implements the machine's hooks
+(closing with RST to pass a reset on, the HalfCloseTimeout timer, a retry, the owner's bookkeeping) and maps
+transport callbacks onto its events, most of them by plain aliasing, so a chunk costs no extra call.
+`UpstreamSide` is the Protocol of each upstream attempt and forwards to the same session.
 
-With `"ProxyProtocol"`, the header (built once at accept) goes first on every upstream connection, a replay's
-too. With `"HalfCloseTimeout"`, once one side has sent EOF the other must finish within that many seconds.
-
-Until the target sends its first byte, the client's bytes are kept (up to REPLAY_LIMIT): a target that resets
-a connection before answering anything (a listener closed with connections in its queue, a process that died
-before accepting) is treated like a failed connect, and the same bytes go to the next target. The client
-never learns that the first target vanished.
+The owner (the worker) is reached through `RelayOwner`, so this module imports nothing from the worker.
+Another adapter (another event loop, another way to move bytes) can subclass `Session` the same way.
 """
 
 from __future__ import annotations
@@ -20,21 +14,28 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, cast
+
+from proxy import failpoints
+from proxy.session import WRITE_HIGH_WATER, WRITE_LOW_WATER, Session, Side
 
 if TYPE_CHECKING:
     from proxy.balancer import TargetState
     from workers.routes import AppRoute
-    from workers.worker import Worker
 
-# Bytes a client may send before its upstream connection exists (uvloop resumes reading right after
-# connection_made, so a pause there does not hold). Past this the client is paused until the connect ends.
-EARLY_BYTES_LIMIT = 256 * 1024
-# Client bytes kept for a replay while the target has not answered; past this, no replay is possible.
-REPLAY_LIMIT = 64 * 1024
-WRITE_HIGH_WATER = 256 * 1024
-WRITE_LOW_WATER = 64 * 1024
 _LINGER_RESET = struct.pack("ii", 1, 0)
+
+
+class RelayOwner(Protocol):
+    """What a relay needs from the process that accepted it."""
+
+    loop: asyncio.AbstractEventLoop
+
+    def accepted(self, relay: ClientSide) -> None: ...
+
+    def retry(self, relay: ClientSide, target: TargetState | None, exc: BaseException) -> None: ...
+
+    def finished(self, relay: ClientSide) -> None: ...
 
 
 def _reset(transport: Any) -> None:
@@ -48,151 +49,88 @@ def _reset(transport: Any) -> None:
     transport.abort()
 
 
-class ClientSide(asyncio.Protocol):
+class ClientSide(Session, asyncio.Protocol):
     __slots__ = (
-        "bytes_in", "bytes_out", "client", "client_eof", "connect_expired", "connect_task", "finished", "header",
-        "idle_since", "linger", "route", "seen", "target", "tried", "unanswered", "unanswered_size", "upstream",
-        "upstream_eof", "worker",
+        "connect_expired", "connect_task", "idle_since", "linger", "owner", "route", "seen", "target", "tried",
     )
 
-    def __init__(self, worker: Worker, route: AppRoute | None) -> None:
-        self.worker = worker
+    def __init__(self, owner: RelayOwner, route: AppRoute | None) -> None:
+        Session.__init__(self, cast(Side, None))  # the transport arrives in connection_made, before any event
+        self.owner = owner
         self.route = route
-        self.client: Any = None
-        self.upstream: Any = None
-        self.target: TargetState | None = None
-        # The client's bytes while the target has said nothing: sent on connect, kept for a replay. None once
-        # the target answered, or once too much was kept to replay; () (no allocation) until the first byte.
-        self.unanswered: list[bytes] | tuple[()] | None = ()
-        self.unanswered_size = 0
+        self.target: TargetState | None = None  # the target of the adopted upstream, whose count we hold
         self.tried: list[TargetState] = []
-        self.client_eof = False
-        self.upstream_eof = False
-        self.finished = False
-        self.bytes_in = 0
-        self.bytes_out = 0
         self.seen = 0  # bytes_in + bytes_out at the last idle sweep: activity is derived, not flagged per read
         self.idle_since = 0.0
         self.connect_task: asyncio.Task[None] | None = None
         self.connect_expired = False  # the connect timer, not the client, cancelled connect_task
-        self.header: bytes | None = None  # PROXY protocol header, first on every upstream connection
         self.linger: asyncio.TimerHandle | None = None  # HalfCloseTimeout, from the first EOF
 
-    # --- client events -------------------------------------------------------------------------------
+    # --- client transport events --------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.client = transport
+        self.client = cast(Side, transport)
         transport.set_write_buffer_limits(WRITE_HIGH_WATER, WRITE_LOW_WATER)  # type: ignore[attr-defined]
-        self.worker.accepted(self)
+        self.owner.accepted(self)
 
-    def data_received(self, data: bytes) -> None:
-        self.bytes_in += len(data)
-        upstream = self.upstream
-        kept = self.unanswered
-        if upstream is not None:
-            upstream.write(data)
-            if kept is None:
-                return
-            if self.unanswered_size + len(data) > REPLAY_LIMIT:
-                self.unanswered = None
-                return
-        if kept:
-            kept.append(data)
-        else:
-            # The first bytes (or, between targets after a replay was given up, what the next one gets).
-            self.unanswered = [data]
-        self.unanswered_size += len(data)
-        if upstream is None and self.unanswered_size > EARLY_BYTES_LIMIT:
-            self.client.pause_reading()
+    # The transport's callbacks are the machine's events, with no call in between.
+    data_received = Session.client_data
+    connection_lost = Session.client_lost
+    pause_writing = Session.client_full
+    resume_writing = Session.client_drained
 
     def eof_received(self) -> bool:
-        self.client_eof = True
-        if self.upstream is not None:
-            if self.upstream_eof:
-                self.finish()  # Both directions are done: close sends our FIN, no shutdown() needed first.
-                return True
-            self.upstream.write_eof()
-        self.half_closed()
+        self.client_eof_received()
         return True  # Keep the client open for the upstream's remaining bytes.
 
-    def half_closed(self) -> None:
-        """One side has sent EOF: the other has the app's HalfCloseTimeout to finish."""
-        timeout = self.route.app.half_close_timeout if self.route is not None else None
-        if timeout is not None and self.linger is None:
-            self.linger = self.worker.loop.call_later(timeout, self.finish)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.finished:
-            self.finish(reset=exc is not None)
-
-    def pause_writing(self) -> None:
-        if self.upstream is not None:
-            self.upstream.pause_reading()
-
-    def resume_writing(self) -> None:
-        if self.upstream is not None:
-            self.upstream.resume_reading()
-
-    # --- upstream events (called by UpstreamSide) -----------------------------------------------------
-    def upstream_made(self, transport: Any, target: TargetState) -> None:
-        self.upstream = transport
-        self.target = target
-        transport.set_write_buffer_limits(WRITE_HIGH_WATER, WRITE_LOW_WATER)
-        if self.header is not None:
-            transport.write(self.header)
-        if self.unanswered:
-            transport.writelines(self.unanswered)
-            if self.unanswered_size > EARLY_BYTES_LIMIT:
-                self.client.resume_reading()
-            if self.unanswered_size > REPLAY_LIMIT:
-                self.unanswered = None
-        if self.client_eof:
-            transport.write_eof()
-
-    def upstream_answered(self) -> None:
-        self.unanswered = None
-        self.unanswered_size = 0
-
-    def upstream_eof_received(self) -> None:
-        self.upstream_eof = True
-        if self.client_eof:
-            self.finish()  # Both directions are done: close sends our FIN, no shutdown() needed first.
+    # --- the machine's hooks ---------------------------------------------------------------------------
+    def close_side(self, side: Side, reset: bool) -> None:
+        if reset:
+            _reset(side)
         else:
-            self.client.write_eof()
-            self.half_closed()
+            side.close()  # type: ignore[attr-defined]
 
-    def upstream_lost(self, exc: Exception | None) -> None:
-        if self.finished:
-            return
-        if self.unanswered is not None and isinstance(exc, OSError) and not self.upstream_eof:
-            # Reset before a single byte came back: the target never took this connection. Try another. A
-            # reset can surface as ECONNRESET on a read, EPIPE on a write or ENOTCONN on the shutdown() that
-            # passed the client's EOF on, whichever the loop meets first: all the same event.
-            target, self.target, self.upstream = self.target, None, None
-            if target is not None:
-                target.release()
-            self.client.resume_reading()
-            self.worker.retry(self, target, exc)
-            return
-        self.finish(reset=exc is not None)
+    def start_half_close_timer(self) -> None:
+        timeout = self.route.app.half_close_timeout if self.route is not None else None
+        if timeout is not None:
+            self.linger = self.owner.loop.call_later(timeout, self.finish)
 
-    # --- the end -------------------------------------------------------------------------------------
-    def finish(self, reset: bool = False) -> None:
-        """Close both sides exactly once: gracefully (buffers flushed) or, to pass on a reset, with RST."""
-        if self.finished:
-            return
-        self.finished = True
+    def may_replay(self) -> bool:
+        return self.route is not None and self.route.app.retry_on_reset
+
+    def release_target(self) -> None:
+        target = self.target
+        if target is not None:
+            target.release()
+
+    def retry(self, exc: BaseException) -> None:
+        target, self.target = self.target, None
+        self.owner.retry(self, target, exc)
+
+    def closed(self) -> None:
         if self.linger is not None:
             self.linger.cancel()
-        if self.connect_task is not None and not self.connect_task.done():
-            self.connect_task.cancel()
-        for transport in (self.client, self.upstream):
-            if transport is None:
-                continue
-            if reset:
-                _reset(transport)
-            else:
-                transport.close()
-        self.worker.finished(self)
+        task = self.connect_task
+        if task is not None and not task.done():
+            task.cancel()
+        self.owner.finished(self)
+
+    # --- for the connector -----------------------------------------------------------------------------
+    def adopt_upstream(self, transport: Any, target: TargetState) -> None:
+        self.target = target
+        transport.set_write_buffer_limits(WRITE_HIGH_WATER, WRITE_LOW_WATER)
+        self.upstream_made(transport)
+
+
+def expire_connect(relay: ClientSide, side: UpstreamSide) -> None:
+    """The connect deadline (a loop timer the connector sets per step): cancel the connect task, as a timeout."""
+    if side.adopted:
+        # The connect completed and the relay took the upstream; the task has not run since. Cancelling
+        # now would close a working upstream with no failover: the connect won the race.
+        return
+    task = relay.connect_task
+    if task is not None and not task.done():
+        relay.connect_expired = True
+        task.cancel()
 
 
 class UpstreamSide(asyncio.Protocol):
@@ -204,28 +142,27 @@ class UpstreamSide(asyncio.Protocol):
         self.adopted = False  # the relay took this connection (the connector reads it)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if self.relay.finished:
+        if self.relay.done:
             transport.close()  # The client left while we were connecting.
             return
         self.adopted = True
-        self.relay.upstream_made(transport, self.target)
+        self.relay.adopt_upstream(transport, self.target)
+        if failpoints.active("connect-deadline-race"):
+            expire_connect(self.relay, self)  # the deadline fires before the connect task sees its result
 
     def data_received(self, data: bytes) -> None:
-        relay = self.relay
-        relay.bytes_out += len(data)
-        if relay.unanswered is not None:
-            relay.upstream_answered()
-        relay.client.write(data)
+        self.relay.upstream_data(data)
 
     def eof_received(self) -> bool:
         self.relay.upstream_eof_received()
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.relay.upstream_lost(exc)
+        if self.adopted:
+            self.relay.upstream_lost(exc)
 
     def pause_writing(self) -> None:
-        self.relay.client.pause_reading()
+        self.relay.upstream_full()
 
     def resume_writing(self) -> None:
-        self.relay.client.resume_reading()
+        self.relay.upstream_drained()

@@ -36,6 +36,10 @@ class Resolver:
 
     async def resolve(self, host: str) -> str:
         """One address for `host` (the first the system resolver gives), or ResolveError."""
+        return (await self.resolve_all(host))[0]
+
+    async def resolve_all(self, host: str) -> list[str]:
+        """Every address of `host`, in the system resolver's order (never empty), or ResolveError."""
         entry = self._cache.get(host)
         now = time.monotonic()
         if entry is None:
@@ -48,7 +52,7 @@ class Resolver:
                 entry.refreshing = asyncio.ensure_future(self._refresh(host))
         if entry.error is not None:
             raise ResolveError(entry.error)
-        return entry.addresses[0]
+        return entry.addresses
 
     async def _refresh(self, host: str) -> None:
         await self._lookup(host)
@@ -77,7 +81,7 @@ class Resolver:
         loop = asyncio.get_running_loop()
         try:
             infos = await loop.getaddrinfo(host, None, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
-            addresses = [str(info[4][0]) for info in infos]
+            addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))  # once each, in order
             entry = _Entry(addresses, None if addresses else f"{host}: no addresses", 0.0)
         except OSError as exc:
             entry = _Entry([], f"{host}: {exc.strerror or exc}", 0.0)

@@ -117,12 +117,14 @@ class Worker:
             self.stopped.set()
 
     def accepted(self, relay: ClientSide) -> None:
+        client: Any = relay.client  # the accepted transport
         if self.options.steered and relay.route is None:
-            sockname = relay.client.get_extra_info("sockname")
+            sockname = client.get_extra_info("sockname")
             relay.route = self.route_for(sockname[1]) if sockname else None
         route = relay.route
         if route is None or not self.policy.admit(route):
-            relay.finish()  # Not ours any more (a port removed between accept and now), or at HardLimit.
+            # Not ours any more (a port removed between accept and now), or at HardLimit.
+            relay.connect_failed()
             return
         route.stats.active += 1
         route.stats.total += 1
@@ -130,13 +132,13 @@ class Worker:
         self.relays.add(relay)
         self.guard.check(2 * len(self.relays))
         if route.app.proxy_protocol is not None:
-            client = relay.client
             relay.header = proxyproto.encode(route.app.proxy_protocol, client.get_extra_info("peername"),
                                              client.get_extra_info("sockname"))
         relay.connect_task = self.loop.create_task(self.connector.connect(relay))
 
     def retry(self, relay: ClientSide, target: TargetState | None, exc: BaseException) -> None:
-        """The target reset the connection before answering: count it as a failed connect, try the next."""
+        """The target reset the connection before answering and the app allows a replay (RetryOnReset):
+        count it as a failed connect, try the next."""
         route = relay.route
         assert route is not None
         if target is not None:

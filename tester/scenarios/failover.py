@@ -1,5 +1,9 @@
 """failover: one spawned target stops accepting mid-run; clients must not notice.
 
+Closing a listener resets the connections still in its accept queue: a proxy only hides those from clients
+when it replays their bytes to another target (skiff: the app's "RetryOnReset": true). Without that opt-in a
+few clients may lose their connection, as with HAProxy and Envoy, and failover.no_failures says so.
+
 1. Pick the first app with two or more spawned targets; its first spawned target is the victim.
 2. Run `--connections` connections per port (default 40) over every port of every app.
 3. When half of them are done, close the victim's listening socket (in-flight connections carry on).

@@ -15,7 +15,7 @@ import threading
 import time
 from pathlib import Path
 
-from skiff_bpf_harness import Netns, connect_outcome, cookie, listener
+from skiff_bpf_harness import Netns, connect_and_accept, connect_outcome, cookie, listener
 
 from bpf.loader import Steering, SteeringError, probe
 
@@ -148,3 +148,56 @@ def test_probe(netns: Netns, bpf_object: Path, tmp_path: Path) -> None:
     reason = netns.run(_probe_without_caps, bpf_object)
     assert reason.startswith("bpf: cannot ")
     assert "Operation not permitted" in reason
+
+
+PREVIOUS = "a86760d"  # the last commit before the group_families map: what a running supervisor may have pinned
+
+
+def _previous_release(root: Path) -> tuple[Path, Path]:
+    """PREVIOUS's bpf package and its object, built from its own .c with its own Makefile: (pythonpath, .o)."""
+    package = root / "previous" / "bpf"
+    package.mkdir(parents=True)
+    names = subprocess.run(["git", "-C", str(REPO), "ls-tree", "--name-only", f"{PREVIOUS}:bpf"],
+                           check=True, capture_output=True, text=True, timeout=30).stdout.split()
+    for name in names:
+        blob = subprocess.run(["git", "-C", str(REPO), "show", f"{PREVIOUS}:bpf/{name}"],
+                              check=True, capture_output=True, timeout=30).stdout
+        (package / name).write_bytes(blob)
+    subprocess.run(["make", "-s", "-C", str(package)], check=True, timeout=60)
+    return package.parent, package / "skiff.bpf.o"
+
+
+def _takeover_from_previous(obj: Path, pin_root: Path, old_path: Path, old_obj: Path) -> dict[str, object]:
+    old, new = listener(), listener()
+    other = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)  # another program's IPv6 listener on 7001
+    other.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    other.bind(("::1", 7001))
+    other.listen(16)
+    # 1. The previous release steers 7001 to OLD and exits, leaving its pins.
+    args = [sys.executable, str(HERE / "steer_proc.py"), "start", "old", str(old_obj), str(pin_root),
+            str(old.fileno())]
+    done = subprocess.run(args, pass_fds=(old.fileno(),), env={**os.environ, "PYTHONPATH": str(old_path)},
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stdout + done.stderr
+    before = {"v4": connect_and_accept(7001, old), "v6": connect_outcome(7001, host="::1")[0]}
+    # 2. This release takes the pins over and repoints group 0 at NEW.
+    seen = _proc("takeover", "old", obj, pin_root, new)
+    after = {"v4": connect_and_accept(7001, new), "v6": connect_and_accept(7001, other, host="::1")}
+    other.close()
+    _proc("finish", "old", obj, pin_root)
+    return {"seen": seen, "old_cookie": cookie(old), "before": before, "after": after}
+
+
+def test_takeover_from_the_previous_object_keeps_the_maps(netns: Netns, bpf_object: Path, pin_root: Path,
+                                                           tmp_path: Path) -> None:
+    """1. The previous commit's loader and object (built from its .c) steer 7001 to listener OLD and exit with
+       the pins kept; IPv6 to 7001 is dropped then (its old behaviour) though another program listens there.
+    2. This release opens the same instance: the pinned maps are reused as they are (ports and OLD's cookie
+       are there), the new group_families map is added, and group 0 is repointed at NEW.
+    3. IPv4 to 7001 reaches NEW; IPv6 to 7001 now reaches the other program. A clean stop leaves no pins."""
+    old_path, old_obj = _previous_release(tmp_path)
+    result = netns.run(_takeover_from_previous, bpf_object, pin_root, old_path, old_obj)
+    assert result["seen"] == {"ports": {"7001": 0}, "cookie": result["old_cookie"]}
+    assert result["before"] == {"v4": 7001, "v6": "refused"}
+    assert result["after"] == {"v4": 7001, "v6": 7001}
+    assert not (pin_root / "skiff").exists()

@@ -145,31 +145,51 @@ def test_bind_address_limits_steering(netns: Netns, bpf_object: Path, pin_root: 
 
 def _ipv6(obj: Path, pin_root: Path) -> dict[str, object]:
     steering = Steering.open("v6", obj, pin_root=pin_root)
+    other = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)  # another program's IPv6 listener on port 7001
     try:
+        other.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        other.bind(("::1", 7001))
+        other.listen(16)
         v4_only, dual = listener(), listener("::", socket.AF_INET6)
+        v6_only = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        v6_only.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        v6_only.bind(("::1", 0))
+        v6_only.listen(16)
         steering.set_group_socket(0, v4_only)
         steering.set_group_socket(1, dual)
-        steering.apply_ports({7001: 0, 7002: 1})
+        steering.set_group_socket(2, v6_only)
+        steering.apply_ports({7001: 0, 7002: 1, 7003: 2})
         return {
-            "v6 to v4 group": connect_outcome(7001, host="::1")[0],
+            "v4 to v4 group": connect_and_accept(7001, v4_only, host="127.0.0.1"),
+            "v6 to v4 group": [connect_and_accept(7001, other, host="::1") for _ in range(5)],
             "v6 to dual group": connect_and_accept(7002, dual, host="::1"),
             "v4 to dual group": connect_and_accept(7002, dual, host="127.0.0.1"),
+            "v6 to v6 group": connect_and_accept(7003, v6_only, host="::1"),
+            "v4 to v6 group": connect_outcome(7003, host="127.0.0.1")[0],
             "counters": steering.counters(),
         }
     finally:
+        other.close()
         steering.close(unpin=True)
 
 
-def test_ipv6_needs_a_dual_stack_group_socket(netns: Netns, bpf_object: Path, pin_root: Path) -> None:
-    """1. Group 0 has an AF_INET listener, group 1 an AF_INET6 dual-stack one.
-    2. IPv6 to group 0: bpf_sk_assign refuses the family, the program counts an error and drops (refused).
-    3. Group 1 takes both IPv6 and IPv4 connections."""
+def test_each_group_steers_only_the_families_its_socket_takes(netns: Netns, bpf_object: Path,
+                                                                pin_root: Path) -> None:
+    """1. Group 0 has an AF_INET listener, group 1 a dual-stack AF_INET6 one, group 2 an IPV6_V6ONLY one;
+       another program listens on [::1]:7001.
+    2. IPv6 to group 0's port is passed, not dropped: the other program gets all 5 connections.
+    3. Group 1 takes IPv6 and IPv4; group 2 takes IPv6, and IPv4 to its port is passed (nobody: refused).
+    4. No lookup ended in an error or a drop."""
     result = netns.run(_ipv6, bpf_object, pin_root)
-    assert result["v6 to v4 group"] == "refused"
+    assert result["v4 to v4 group"] == 7001
+    assert result["v6 to v4 group"] == [7001] * 5
     assert result["v6 to dual group"] == 7002
     assert result["v4 to dual group"] == 7002
-    assert result["counters"]["errors"] == 1
-    assert result["counters"]["steered"] == 2
+    assert result["v6 to v6 group"] == 7003
+    assert result["v4 to v6 group"] == "refused"
+    assert result["counters"]["errors"] == 0
+    assert result["counters"]["dropped_no_socket"] == 0
+    assert result["counters"]["steered"] == 4
 
 
 def _scale(obj: Path, pin_root: Path) -> dict[str, object]:

@@ -477,3 +477,37 @@ def test_dual_stack_bind_steers_ipv4_and_ipv6(scene: Scene) -> None:
     refused = scene.supervisor("--bind", "::1", wait_ready=False)
     assert refused.wait_exit(15) == 4
     assert "the steering filter matches one IPv4 address or any address" in refused.log, refused.log
+
+
+def _ipv6_listener_gets(port: int, count: int) -> int:
+    """In the namespace: another program's IPv6 listener on [::1]:port; how many of count dials it accepts."""
+    other = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    other.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    other.bind(("::1", port))
+    other.listen(16)
+    other.settimeout(2)
+    got = 0
+    try:
+        for _ in range(count):
+            try:
+                with socket.create_connection(("::1", port), timeout=2):
+                    conn, _ = other.accept()
+                    conn.close()
+                    got += 1
+            except OSError:
+                pass
+    finally:
+        other.close()
+    return got
+
+
+def test_ipv4_bind_leaves_ipv6_on_its_ports_to_others(scene: Scene, netns: Netns) -> None:
+    """1. The default `--bind 0.0.0.0` in bpf mode: IPv4 group listeners. 2. Another program listens on
+    [::1]:9999 (a configured port): it gets all 5 of 5 IPv6 connections (the program passes what its socket
+    cannot take). 3. IPv4 to 9999 still reaches skiff's app."""
+    scene.targets()
+    write_config(scene.config, APPS)
+    scene.supervisor("--bind", "0.0.0.0")
+    assert netns.run(_ipv6_listener_gets, 9999, 5) == 5
+    name, echoed = scene.ns.roundtrip(9999, b"v4")
+    assert (name.split("-")[0], echoed) == ("bravo", b"v4")

@@ -154,16 +154,17 @@ def test_target_that_comes_back_gets_traffic_again(start_echo, start_skiff, proc
 
 
 def test_target_that_resets_on_accept_costs_no_client(start_echo, start_skiff, processes) -> None:  # type: ignore[no-untyped-def]
-    """1. One target accepts and resets at once, before reading; another echoes. 2. 100 clients each send and
-    half-close. 3. Every client gets its echo: whatever error the reset surfaces as in skiff (a reset on read,
-    a broken pipe on write, a failed shutdown), it is a failure before the answer and the bytes go to the
-    other target."""
+    """1. An app with RetryOnReset: one target accepts and resets at once, before reading; another echoes.
+    2. 100 clients each send and half-close. 3. Every client gets its echo: whatever error the reset surfaces
+    as in skiff (a reset on read, a broken pipe on write, a failed shutdown), it is a failure before the answer
+    and the bytes go to the other target."""
     good, bad = free_ports(2)
     [port] = free_ports(1)
     start_echo([good])
     resetter = ThreadServer(bad, close_with_reset)
     processes.append(resetter)
-    skiff = start_skiff([app("x", [port], [f"127.0.0.1:{bad}", f"127.0.0.1:{good}"], ConnectTimeout=1)], workers=1)
+    skiff = start_skiff([app("x", [port], [f"127.0.0.1:{bad}", f"127.0.0.1:{good}"], ConnectTimeout=1,
+                             RetryOnReset=True)], workers=1)
     for i in range(100):
         payload = f"client {i} ".encode() * 50
         assert echo_roundtrip(port, payload) == payload, i

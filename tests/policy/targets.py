@@ -112,8 +112,8 @@ class Target:
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
-        conn.settimeout(30)
         try:
+            conn.settimeout(30)  # inside the try: stop() may have closed conn before this thread ran
             if self.proxy:
                 header = parse_proxy_header(conn)
                 with self.lock:

@@ -18,10 +18,11 @@ def one(**fields: object) -> bytes:
 
 def test_every_policy_field_parses_and_round_trips() -> None:
     config = parse_config(one(SoftLimit=5, HardLimit=20, MaxConns=8, HalfCloseTimeout=2.5, ProxyProtocol="v2",
-                              HealthCheck={"Interval": 1, "Timeout": 0.5, "Rise": 2, "Fall": 3}))
+                              RetryOnReset=True, HealthCheck={"Interval": 1, "Timeout": 0.5, "Rise": 2, "Fall": 3}))
     app = config.apps[0]
     assert (app.soft_limit, app.hard_limit, app.max_conns, app.half_close_timeout) == (5, 20, 8, 2.5)
     assert app.proxy_protocol == "v2"
+    assert app.retry_on_reset is True
     assert app.health_check == HealthCheck(interval=1.0, timeout=0.5, rise=2, fall=3)
     assert parse_document(config.to_document()) == config
     snapshot = first_snapshot(config)
@@ -32,6 +33,7 @@ def test_defaults_leave_the_plain_form_unchanged() -> None:
     app = parse_config(one()).apps[0]
     assert (app.soft_limit, app.hard_limit, app.max_conns, app.health_check, app.proxy_protocol,
             app.half_close_timeout) == (None,) * 6
+    assert app.retry_on_reset is False
     assert app.to_document() == BASE
 
 
@@ -47,6 +49,8 @@ BAD_POLICY = [
     (one(ProxyProtocol="v3"), 'Apps[0].ProxyProtocol: "v3" is not "v1" or "v2"'),
     (one(ProxyProtocol=2), 'Apps[0].ProxyProtocol: 2 is not "v1" or "v2"'),
     (one(HalfCloseTimeout=-1), "Apps[0].HalfCloseTimeout: -1 is outside 0.001-604800 seconds"),
+    (one(RetryOnReset=1), "Apps[0].RetryOnReset: 1 is not true or false"),
+    (one(RetryOnReset="yes"), 'Apps[0].RetryOnReset: "yes" is not true or false'),
     (one(HealthCheck=1), "Apps[0].HealthCheck: must be an object with Interval, Timeout, Rise, Fall, not a number"),
     (one(HealthCheck={"Every": 1}), "Apps[0].HealthCheck.Every: unknown field (known: Interval, Timeout, Rise, Fall)"),
     (one(HealthCheck={"Interval": 0}), "Apps[0].HealthCheck.Interval: 0 is outside 0.05-3600 seconds"),
@@ -62,3 +66,11 @@ def test_bad_policy_fields_are_one_line(data: bytes, message: str) -> None:
     with pytest.raises(ConfigError) as info:
         parse_config(data)
     assert str(info.value) == message
+
+
+def test_retry_on_reset_changes_the_digest() -> None:
+    """A field the workers never see would read as "unchanged": the opt-in must reach the document and hash."""
+    plain, opted = first_snapshot(parse_config(one())), first_snapshot(parse_config(one(RetryOnReset=True)))
+    assert plain.digest != opted.digest
+    assert Snapshot.from_wire(opted.to_wire()).config.apps[0].retry_on_reset is True
+    assert parse_config(one(RetryOnReset=False)).apps[0].to_document() == BASE

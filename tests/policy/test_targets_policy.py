@@ -38,7 +38,8 @@ def test_proxy_protocol_carries_client_and_destination(start_skiff: Callable[...
 
 
 def test_proxy_header_goes_first_on_a_replayed_connection(start_skiff: Callable[..., Any]) -> None:
-    """1. Two targets: one resets every connection before answering, one echoes; both parse a v2 header. 2. A
+    """1. An app with RetryOnReset and two targets: one resets every connection before answering, one echoes;
+    both parse a v2 header. 2. A
     client held on the good target makes P2C prefer the resetting one. 3. New clients all get their echo: the
     reset target saw the header then the bytes, and the replay to the good target carried the header again."""
     listen, bad_port, good_port = free_ports(3)
@@ -46,7 +47,7 @@ def test_proxy_header_goes_first_on_a_replayed_connection(start_skiff: Callable[
     good = Target(good_port, mode="echo", proxy=True)
     try:
         start_skiff([app("replay", [listen], [f"127.0.0.1:{bad_port}", f"127.0.0.1:{good_port}"],
-                         ProxyProtocol="v2")])
+                         ProxyProtocol="v2", RetryOnReset=True)])
         anchor = socket.create_connection(("127.0.0.1", listen), timeout=5)
         anchor.sendall(b"a")
         assert anchor.recv(1) == b"a"
@@ -58,6 +59,48 @@ def test_proxy_header_goes_first_on_a_replayed_connection(start_skiff: Callable[
         assert all(h.version == "v2" and h.source is not None for h in bad.headers)
         assert len(good.headers) == 5 and not good.errors
         assert any(data.startswith(b"replayed-") for data in bad.received)
+    finally:
+        bad.stop()
+        good.stop()
+
+
+def test_a_target_that_reads_then_resets_never_gets_the_request_twice(start_skiff: Callable[..., Any]) -> None:
+    """1. An app without RetryOnReset and two targets: one reads the request, then resets without answering (it
+    acted and crashed); one echoes. 2. A client held on the good target makes P2C prefer the resetting one.
+    3. Each new client that lands on the resetting target sees its connection reset, and the good target never
+    receives that client's request: no request is sent twice."""
+    listen, bad_port, good_port = free_ports(3)
+    bad = Target(bad_port, mode="reset")
+    good = Target(good_port, mode="echo")
+    try:
+        start_skiff([app("once", [listen], [f"127.0.0.1:{bad_port}", f"127.0.0.1:{good_port}"])])
+        anchor = None
+        for _ in range(20):  # a client may land on the resetting target: that is the point, so try again
+            sock = socket.create_connection(("127.0.0.1", listen), timeout=5)
+            try:
+                sock.sendall(b"a")
+                if sock.recv(1) == b"a":
+                    anchor = sock
+                    break
+            except ConnectionError:
+                pass
+            sock.close()
+        assert anchor is not None, "no client reached the echoing target"
+        outcomes = []
+        for i in range(4):
+            payload = f"payment-{i}".encode()
+            try:
+                outcomes.append(echo_roundtrip(listen, payload))
+            except ConnectionError:
+                outcomes.append(b"reset")
+        anchor.close()
+        assert bad.accepted >= 1, "the resetting target was never tried"
+        seen_by_bad = {data for data in bad.received if data.startswith(b"payment-")}
+        assert seen_by_bad, "the resetting target read nothing"
+        for data in seen_by_bad:
+            # The only way to an echo is the good target: an answered request would have been sent twice.
+            assert outcomes[int(data.split(b"-")[1])] == b"reset", f"{data!r} was answered by a second target"
+        assert not good.errors
     finally:
         bad.stop()
         good.stop()
