@@ -37,7 +37,6 @@ class WorkerHandle:
     state: WorkerState = WorkerState.STARTING
     acked_version: int = 0
     decoder: FrameDecoder = field(default_factory=FrameDecoder)
-    stats: dict[str, object] = field(default_factory=dict)
 
     def move_to(self, state: WorkerState) -> None:
         if state not in _ALLOWED[self.state]:
