@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from control.arbiter import Options, Supervisor
+from control.http import MAX_CONNECTIONS
 from control.steering import DEFAULT_OBJECT, MODES, SteeringUnavailable, choose_steering
 from proxy.config import load_config
 from proxy.errors import ConfigError, ConfigUnreadable
@@ -89,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="name of this proxy's pinned BPF state (default: default)")
     parser.add_argument("--metrics", metavar="HOST:PORT",
                         help="serve /metrics (Prometheus), /healthz and /status here, e.g. 127.0.0.1:9901")
+    parser.add_argument("--metrics-max-connections", metavar="N", type=ranged(int, 1, 10000, "a whole number"),
+                        default=MAX_CONNECTIONS,
+                        help=f"HTTP connections served at once; more are closed at once (default {MAX_CONNECTIONS})")
     parser.add_argument("--takeover", metavar="PID", type=int,
                         help="restart without a gap: take over from the running supervisor PID (it keeps serving "
                              "until this one is ready, then drains and exits)")
@@ -123,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     options = Options(config_path=args.config, workers=args.workers, grace=args.grace, bind=args.bind,
                       watch=args.watch, steering=steering.mode, instance=args.instance,
                       bpf_object=args.bpf_object, bpf_pin_root=args.bpf_pin_root, metrics=args.metrics,
-                      takeover=args.takeover)
+                      metrics_max_connections=args.metrics_max_connections, takeover=args.takeover)
     return Supervisor(options, first_snapshot(config)).run()
 
 

@@ -71,6 +71,7 @@ class Options:
     bpf_object: Path = Path("bpf/skiff.bpf.o")
     bpf_pin_root: Path = Path("/sys/fs/bpf")
     metrics: str | None = None  # HOST:PORT for /metrics, /healthz, /status
+    metrics_max_connections: int = 64  # concurrent HTTP connections; more are closed at once
     takeover: int | None = None  # pid of a running supervisor to take over from (zero-gap restart)
 
 
@@ -147,7 +148,8 @@ class Supervisor:
         self.install_signals()
         if self.options.metrics:
             try:
-                self.http = self.observer.serve(self.options.metrics, self.selector)
+                self.http = self.observer.serve(self.options.metrics, self.selector,
+                                                self.options.metrics_max_connections)
             except HttpError as exc:
                 log_event(log, logging.ERROR, "listen_failed", str(exc), error=str(exc))
                 self.listeners.stop()
