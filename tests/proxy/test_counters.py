@@ -49,8 +49,11 @@ def test_retiring_a_worker_zeroes_its_gauges_and_keeps_its_totals() -> None:
     assert reading.record(3)[0] == 5
     assert t.app_stats(1, 3).total == 0
     t.app_stats(1, 3).total += 1  # the respawned worker counts on
+    t.app_stats(1, 3).bytes_in += 2**61 + 7  # lanes add without carrying into their neighbours
     t.retire(1, used=5)  # and dies too
-    assert t.read(5).record(3)[0] == 6
+    t.app_stats(1, 3).bytes_in += 2**61
+    t.retire(1, used=5)
+    assert t.read(5).record(3)[:6] == [6, 0, 0, 0, 2**62 + 7, 0]
     assert t.view[0] % 2 == 0  # the fold sequence is even between folds
 
 
