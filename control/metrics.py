@@ -25,6 +25,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import setproctitle
+
 from control.http import Reply, render
 from proxy.logs import log_event
 
@@ -161,6 +163,7 @@ def _child(job: Job, write_end: int) -> None:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1,
                        signal.SIGUSR2):
             signal.signal(signum, signal.SIG_DFL)
+        setproctitle.setproctitle("skiff: metrics render")  # not a worker, to ps and to the tests' helpers
         os.closerange(3, write_end)
         os.closerange(write_end + 1, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
         response = job()
