@@ -466,7 +466,8 @@ class Supervisor:
             self.notifier.ready(f"serving config v{current.version}; last reload failed")
             return
         handed = cells.new_cells(self.cells)
-        self.counters.reset(handed)  # a reused cell counts from zero: a new name never inherits old totals
+        # A reused cell counts from zero: a new name never inherits old totals (cells never handed out are zero).
+        self.counters.reset([c for c in handed if c < self.cells.fresh])
         for cell in handed:
             self.counters.set_health(cell, 0)  # a reused cell starts in rotation, like any new target
         self.cells = cells
