@@ -9,7 +9,7 @@ counter has a value; then measures, on the supervisor process only (a render chi
 2. fresh scrapes: `--scrapes` scrapes, each more than a second after the last (so none is served from a
    cache): the supervisor's own CPU seconds per scrape, the wall time of a scrape, and the longest delay a
    /healthz probe (every 5 ms, another connection) saw while a scrape ran. The supervisor has one loop, so the
-   probe's delay is what a scrape costs everything else the supervisor does.
+   probe's delay is what a scrape costs everything else the supervisor does. Then /status the same way.
 3. loop under load: `--scrapers` clients scraping back to back for `--seconds`: scrapes done, supervisor CPU
    per scrape, /healthz p50/max, and a held connection's echo p50/max through the proxy.
 
@@ -257,6 +257,16 @@ def main() -> int:
                 "healthz_worst_ms_during_scrape_median": round(1000 * statistics.median(delays), 1),
                 "healthz_worst_ms_during_scrape_max": round(1000 * max(delays), 1),
             }
+
+            # 2b. /status, one at a time: it is answered on the loop
+            status_cpu, status_wall = [], []
+            for _ in range(args.scrapes):
+                c0, t0 = own_cpu(supervisor), time.monotonic()
+                assert http_get(metrics, "/status")[0] == 200
+                status_wall.append(time.monotonic() - t0)
+                status_cpu.append(own_cpu(supervisor) - c0)
+            report["status"] = {"supervisor_cpu_ms_median": round(1000 * statistics.median(status_cpu), 1),
+                                "wall_ms_median": round(1000 * statistics.median(status_wall), 1)}
 
             # 3. back-to-back scrapers, /healthz and a held connection beside them
             baseline = Prober(metrics)

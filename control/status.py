@@ -17,7 +17,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from control.handle import WorkerState
 from control.http import MAX_CONNECTIONS, HttpServer, render
 from control.metrics import Job, MetricsCache
-from proxy.exposition import TOTAL, ProcessInfo, listing, status_apps
+from proxy.counters import CellMap
+from proxy.exposition import TOTAL, AppCells, ProcessInfo, current_apps, listing, status_apps
 from proxy.exposition import render as render_metrics
 
 if TYPE_CHECKING:
@@ -29,6 +30,7 @@ class Observer:
         self.supervisor = supervisor
         self.metrics: MetricsCache | None = None
         self.http: HttpServer | None = None
+        self.listed: tuple[CellMap | None, list[AppCells]] = (None, [])  # current_apps of the last cell map
 
     def serve(self, address: str, selector: selectors.BaseSelector,
               max_connections: int = MAX_CONNECTIONS) -> HttpServer:
@@ -90,21 +92,28 @@ class Observer:
         config, the cell map and the process figures are this moment's (copy-on-write) and the table is live."""
         s = self.supervisor
         info = self.process_info()  # the BPF counters are read here: the child has no descriptors
-        config, cells, table = s.snapshot.config, s.cells, s.counters
+        cells, table, current = s.cells, s.counters, self.current_apps()
 
         def job() -> bytes:
             reading = table.read(cells.fresh)
-            apps = listing(config, cells, reading.counts.__getitem__)
+            apps = listing(current, cells, reading.counts.__getitem__)
             info.worker_usage = [(slot, rss, cpu) for slot, (rss, cpu) in sorted(self.worker_usage().items())]
             return render(200, CONTENT_TYPE_LATEST, render_metrics(apps, reading, info))
 
         return job
 
+    def current_apps(self) -> list[AppCells]:
+        """The current config's apps and cells; a reload makes a new cell map, which is when this changes."""
+        s = self.supervisor
+        if self.listed[0] is not s.cells:
+            self.listed = (s.cells, current_apps(s.snapshot.config, s.cells))
+        return self.listed[1]
+
     def status(self) -> dict[str, Any]:
         s = self.supervisor
         info = self.process_info()
         reading = s.counters.read(s.cells.fresh, fields=(TOTAL,))
-        apps = status_apps(listing(s.snapshot.config, s.cells, reading.counts.__getitem__), reading)
+        apps = status_apps(listing(self.current_apps(), s.cells, reading.counts.__getitem__), reading)
         usage = self.worker_usage()
         status = s.reload_status
         return {

@@ -46,18 +46,24 @@ class ProcessInfo:
     http_rejected: int = 0
 
 
-def listing(config: Config, cells: CellMap, active: Callable[[int], int]) -> list[AppCells]:
-    """The apps of the current config, plus any app that left it but still has open connections, by name."""
+def current_apps(config: Config, cells: CellMap) -> list[AppCells]:
+    """The apps of `config` with their cells, by name (the same for as long as the config and its map stay)."""
     shown = []
     for app in config.apps:
         targets = sorted((str(t), cells.cells[f"{app.name}\n{t}"]) for t in app.targets)
         shown.append(AppCells(app.name, cells.cells[app.name], tuple(targets)))
+    return sorted(shown, key=lambda a: a.name)
+
+
+def listing(current: list[AppCells], cells: CellMap, active: Callable[[int], int]) -> list[AppCells]:
+    """The apps of the current config, plus any app that left it but still has open connections, by name."""
     gone = {key: cell for cell, key in cells.departed.items()}
+    departed = []
     for key, cell in gone.items():
         if "\n" not in key and key not in cells.cells and active(cell):
             targets = sorted((k.split("\n", 1)[1], c) for k, c in gone.items() if k.startswith(key + "\n"))
-            shown.append(AppCells(key, cell, tuple(targets)))
-    return sorted(shown, key=lambda a: a.name)
+            departed.append(AppCells(key, cell, tuple(targets)))
+    return sorted(current + departed, key=lambda a: a.name) if departed else current
 
 
 def escape(value: str) -> str:

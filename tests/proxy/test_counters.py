@@ -6,7 +6,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.config import parse_document
 from proxy.counters import BUCKETS, HEALTH_DOWN, RECORD, CellMap, CounterTable, Reading
-from proxy.exposition import AppCells, ProcessInfo, listing, render, status_apps
+from proxy.exposition import AppCells, ProcessInfo, current_apps, listing, render, status_apps
 
 
 def table(workers: int = 2, capacity: int = 16) -> CounterTable:
@@ -88,10 +88,11 @@ def test_departed_apps_are_shown_while_they_have_connections() -> None:
     m2 = m1.assign(second, 2, 1, lambda c: True)  # type: ignore[arg-type]
     assert m2.departed == {m1.cells["a"]: "a", m1.cells["a\nh:1"]: "a\nh:1"}
     busy = {m1.cells["a"]: 1}
-    shown = listing(second, m2, lambda c: busy.get(c, 0))  # type: ignore[arg-type]
+    current = current_apps(second, m2)  # type: ignore[arg-type]
+    shown = listing(current, m2, lambda c: busy.get(c, 0))
     assert [(a.name, a.targets) for a in shown] == [("a", (("h:1", m1.cells["a\nh:1"]),)),
                                                      ("b", (("h:2", m1.cells["b\nh:2"]),))]
-    assert [a.name for a in listing(second, m2, lambda c: 0)] == ["b"]  # type: ignore[arg-type]
+    assert [a.name for a in listing(current, m2, lambda c: 0)] == ["b"]
     third = doc(("b", ["h:2"]), ("c", ["h:3", "h:4"]))
     m3 = m2.assign(third, 3, 2, lambda c: True)  # type: ignore[arg-type]
     assert m3.departed == {}  # a's cells went to c
