@@ -31,6 +31,7 @@ import bisect
 import ctypes
 import mmap
 import os
+import sys
 from array import array
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -166,10 +167,12 @@ class CounterTable:
         raw, n = self.raw, used * RECORD * 8
         mine, retired = self._record(slot, 0) * 8, self._record(self.workers, 0) * 8
         self.view[0] += 1  # odd: a reader that overlaps the fold reads again
-        # Records are counts, never negative and far below 2**63: added as two little-endian integers, every
-        # int64 lane adds with no carry into the next. One C-speed addition instead of a loop over lanes.
-        total = int.from_bytes(raw[retired:retired + n], "little") + int.from_bytes(raw[mine:mine + n], "little")
-        raw[retired:retired + n] = total.to_bytes(n, "little")
+        # Records are counts, never negative and far below 2**63: read as two integers in the machine's byte
+        # order, each int64 lane is one 64-bit digit of them, and their sum carries nothing across lanes. One
+        # C-speed addition instead of a loop over lanes.
+        order = sys.byteorder
+        total = int.from_bytes(raw[retired:retired + n], order) + int.from_bytes(raw[mine:mine + n], order)
+        raw[retired:retired + n] = total.to_bytes(n, order)
         raw[mine:mine + n] = bytes(n)
         self.view[0] += 1
         for base in (self.count_base, self.down_base):
