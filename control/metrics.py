@@ -24,6 +24,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 import setproctitle
 
@@ -156,7 +157,7 @@ class MetricsCache:
             os.close(self.running.fd)
 
 
-def _child(job: Job, write_end: int) -> None:
+def _child(job: Job, write_end: int) -> NoReturn:
     code = 1
     try:
         signal.set_wakeup_fd(-1)
