@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from control.arbiter import ACK_TIMEOUT, Options, Supervisor
+from control.http import MAX_CONNECTIONS
 from control.sources.etcd import EtcdSource, initial_config
 from control.steering import DEFAULT_OBJECT, MODES, SteeringUnavailable, choose_steering
 from proxy.cluster import is_etcd_url, parse_etcd_url
@@ -104,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
                         default=ACK_TIMEOUT, metavar="SECONDS",
                         help=f"a worker that has not applied a reload within this many seconds is hung: it is killed "
                              f"and respawned (default {ACK_TIMEOUT:g})")
+    parser.add_argument("--metrics-max-connections", metavar="N", type=ranged(int, 1, 10000, "a whole number"),
+                        default=MAX_CONNECTIONS,
+                        help=f"HTTP connections served at once; more are closed at once (default {MAX_CONNECTIONS})")
     parser.add_argument("--takeover", metavar="PID", type=int,
                         help="restart without a gap: take over from the running supervisor PID (it keeps serving "
                              "until this one is ready, then drains and exits)")
@@ -171,7 +175,8 @@ def serve(args: argparse.Namespace, log: logging.Logger, config: Config, source:
     options = Options(config_path=Path(args.config), workers=args.workers, grace=args.grace, bind=args.bind,
                       watch=args.watch, steering=steering.mode, instance=args.instance,
                       bpf_object=args.bpf_object, bpf_pin_root=args.bpf_pin_root, metrics=args.metrics,
-                      takeover=args.takeover, ack_timeout=args.ack_timeout, source=source)
+                      metrics_max_connections=args.metrics_max_connections, takeover=args.takeover,
+                      ack_timeout=args.ack_timeout, source=source)
     return Supervisor(options, replace(first_snapshot(config), revision=revision)).run()
 
 

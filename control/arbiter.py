@@ -26,7 +26,6 @@ from bpf.errors import SteeringError
 from control.handle import WorkerHandle, WorkerState
 from control.handover import Handover, Takeover
 from control.http import HttpError, HttpServer
-from control.metrics import AppReport, merge_counters
 from control.notify import Notifier
 from control.sockets import ListenError, enable_request_migration
 from control.sources import ConfigSource, FileSource
@@ -65,7 +64,6 @@ KILL_MARGIN = 5.0  # after the grace period, workers that still run are killed
 FDS_PER_MESSAGE = 250  # under the kernel's SCM_MAX_FD (253)
 ERROR_LOG_INTERVAL = 10.0  # at most one traceback per callback per this many seconds
 TAKEOVER_WAIT = 10.0  # how long a committed successor waits for its predecessor to release the BPF lock
-STATS_INTERVAL = 1.0  # how often workers report counters when metrics are served
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +78,7 @@ class Options:
     bpf_object: Path = Path("bpf/skiff.bpf.o")
     bpf_pin_root: Path = Path("/sys/fs/bpf")
     metrics: str | None = None  # HOST:PORT for /metrics, /healthz, /status
+    metrics_max_connections: int = 64  # concurrent HTTP connections; more are closed at once
     takeover: int | None = None  # pid of a running supervisor to take over from (zero-gap restart)
     ack_timeout: float = ACK_TIMEOUT  # seconds a worker has to acknowledge a snapshot before it counts as hung
     source: ConfigSource | None = None  # where the config comes from (default: the file at config_path)
@@ -105,8 +104,8 @@ class ReloadStatus:
 class Supervisor:
     def __init__(self, options: Options, snapshot: Snapshot) -> None:
         self.options = options
-        # Connection counts and health verdicts every worker shares (limits hold across workers): created
-        # before any fork, so every worker, respawned ones too, maps the same pages.
+        # Connection counts, health verdicts and every counter the metrics show, shared by every worker (limits
+        # hold across workers; nothing is pushed): created before any fork, so every worker maps the same pages.
         self.counters = CounterTable(options.workers)
         self.cells = CellMap().assign(snapshot.config, snapshot.version, snapshot.version, self.counters.is_zero)
         self.snapshot = replace(snapshot, cells=self.cells.cells)
@@ -137,7 +136,6 @@ class Supervisor:
         self.worker_restarts = 0
         self.notifier = Notifier.from_environment()  # before any fork: workers must not inherit NOTIFY_SOCKET
         self.http: HttpServer | None = None
-        self.retired: dict[str, AppReport] = {}  # counters of workers that exited, so totals never go back
         self.observer = Observer(self)
         # Config source hook: where the config comes from and when a reload is due (control/sources/).
         self.source: ConfigSource = options.source or FileSource(options.config_path)
@@ -168,7 +166,8 @@ class Supervisor:
         self.install_signals()
         if self.options.metrics:
             try:
-                self.http = HttpServer(self.options.metrics, self.selector, self.observer.serve_http)
+                self.http = self.observer.serve(self.options.metrics, self.selector,
+                                                self.options.metrics_max_connections)
             except HttpError as exc:
                 log_event(log, logging.ERROR, "listen_failed", str(exc), error=str(exc))
                 self.listeners.stop()
@@ -316,7 +315,6 @@ class Supervisor:
     # --- workers -------------------------------------------------------------------------------------
     def spawn(self, slot: int) -> None:
         """Fork the worker of `slot`; a failed fork (EAGAIN, EMFILE, ENOMEM) is retried with backoff."""
-        self.counters.zero_row(slot)  # the previous worker's connections died with it
         try:
             if failpoints.active("supervisor-fork"):
                 raise OSError(errno.EAGAIN, "failpoint supervisor-fork: fork fails on purpose")
@@ -342,7 +340,6 @@ class Supervisor:
                 parent_end.close()
                 self.forget_in_child(slot, child_end)
                 options = WorkerOptions(grace=self.options.grace, steered=self.listeners.steered,
-                                        stats_interval=STATS_INTERVAL if self.http is not None else None,
                                         counters=self.counters)
                 code = worker_main(slot, child_end, self.listeners.for_slot(slot), self.snapshot, options)
             except BaseException:
@@ -440,8 +437,6 @@ class Supervisor:
         elif kind == "ack":
             handle.acked_version = max(handle.acked_version, int(message["version"]))
             self.check_pending()
-        elif kind == "stats":
-            handle.stats = message.get("stats", {})
 
     def reap(self) -> None:
         while True:
@@ -459,10 +454,9 @@ class Supervisor:
     def worker_exited(self, handle: WorkerHandle, status: int) -> None:
         was_ready = handle.state in (WorkerState.READY, WorkerState.DRAINING)
         handle.move_to(WorkerState.EXITED)
-        apps = handle.stats.get("apps")
-        if isinstance(apps, dict):
-            merge_counters(self.retired, apps)
-            handle.stats = {}
+        # Its connections died with it: their counts must not hold other workers' clients at a limit until the
+        # slot is respawned (up to BOOT_BACKOFF_MAX later). Its counters move to the retired row.
+        self.counters.retire(handle.slot, self.cells.fresh)
         if self.handles.get(handle.slot) is handle:
             del self.handles[handle.slot]
         try:
@@ -601,7 +595,10 @@ class Supervisor:
             self.reload_failed(trigger, str(exc))
             self.ready_again()
             return
-        for cell in cells.new_cells(self.cells):
+        handed = cells.new_cells(self.cells)
+        # A reused cell counts from zero: a new name never inherits old totals (cells never handed out are zero).
+        self.counters.reset([c for c in handed if c < self.cells.fresh])
+        for cell in handed:
             self.counters.set_health(cell, 0)  # a reused cell starts in rotation, like any new target
         self.cells = cells
         new = replace(new, cells=cells.cells, revision=self.source.revision())
@@ -676,7 +673,7 @@ class Supervisor:
         self.next_ping = None
         self.notifier.stopping()
         self.respawn_at.clear()
-        active = sum(_active(h) for h in self.handles.values())
+        active = self.active_connections()
         log_event(log, logging.INFO, "stopping",
                   f"{reason}: stopping; draining connections for up to {self.options.grace:g} s"
                   + (f" ({active} active at last count)" if active else ""))
@@ -704,6 +701,9 @@ class Supervisor:
             self.watcher.close()
         signal.set_wakeup_fd(-1)
         log_event(log, logging.INFO, "stopped", f"stopped (exit code {self.exit_code})")
+
+    def active_connections(self) -> int:
+        return sum(self.counters.total(c) for k, c in self.cells.cells.items() if "\n" not in k)
 
     def set_title(self) -> None:
         setproctitle.setproctitle(
@@ -735,11 +735,6 @@ def _signal(pid: int, signum: int) -> None:
         os.kill(pid, signum)
     except ProcessLookupError:
         pass
-
-
-def _active(handle: WorkerHandle) -> int:
-    apps = handle.stats.get("apps", {})
-    return sum(a.get("active", 0) for a in apps.values()) if isinstance(apps, dict) else 0
 
 
 def _describe_exit(status: int) -> str:

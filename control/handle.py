@@ -38,7 +38,6 @@ class WorkerHandle:
     state: WorkerState = WorkerState.STARTING
     acked_version: int = 0
     decoder: FrameDecoder = field(default_factory=FrameDecoder)
-    stats: dict[str, object] = field(default_factory=dict)
     outbox: Outbox = field(default_factory=Outbox)
     writing: bool = False  # the selector also waits for the channel to be writable (the outbox is not empty)
     unanswered_pings: int = 0

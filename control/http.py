@@ -1,30 +1,50 @@
 """A tiny HTTP/1.0 server for /metrics, /healthz and /status, living in the supervisor's one wait point.
 
 Non-blocking throughout: a slow or silent scraper costs a registered socket, never a stalled supervisor.
-Only GET; one request per connection; bounded request size and lifetime.
+Only GET; one request per connection; bounded request size and lifetime; at most `max_connections` at once
+(the excess is closed as soon as it is accepted, and counted). A path may be answered later (`Deferred`:
+/metrics waits for a render child), the others are answered at once by the handler.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import selectors
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 log = logging.getLogger("supervisor")
 
 Handler = Callable[[str], tuple[int, str, bytes]]  # path -> (status, content type, body)
+Reply = Callable[[bytes], None]  # a whole response, given when it is ready
 
 MAX_REQUEST = 8192
 CONNECTION_LIFETIME = 10.0
+MAX_CONNECTIONS = 64
 REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 500: "Internal Server Error",
            503: "Service Unavailable"}
 
 
 class HttpError(Exception):
     pass
+
+
+class Deferred(Protocol):
+    """A path answered later: `request` calls the reply once the response exists (perhaps at once)."""
+
+    def request(self, reply: Reply) -> None: ...
+
+    def next_deadline(self) -> float | None: ...
+
+    def expire(self, now: float) -> None: ...
+
+    def close(self) -> None: ...
+
+    def abandon(self) -> None: ...
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -39,7 +59,7 @@ class _Exchange:
     sock: socket.socket
     deadline: float
     request: bytes = b""
-    response: bytes = b""
+    response: memoryview | None = None
 
 
 def render(status: int, content_type: str, body: bytes) -> bytes:
@@ -48,24 +68,32 @@ def render(status: int, content_type: str, body: bytes) -> bytes:
     return head.encode() + body
 
 
-def respond_to(request: bytes, handler: Handler) -> bytes:
-    """Pure: request bytes in, response bytes out."""
+def request_path(request: bytes) -> str | bytes:
+    """Pure: the path a request asks for, or the whole error response when it is not a GET we can answer."""
     line = request.split(b"\r\n", 1)[0].decode("latin-1")
     parts = line.split()
     if len(parts) != 3 or not parts[2].startswith("HTTP/"):
         return render(400, "text/plain", b"bad request\n")
     if parts[0] != "GET":
         return render(405, "text/plain", b"only GET\n")
-    path = parts[1].split("?", 1)[0]
+    return parts[1].split("?", 1)[0]
+
+
+def respond_to(request: bytes, handler: Handler) -> bytes:
+    """Pure: request bytes in, response bytes out. A bug in one page costs that request, never the loop."""
+    path = request_path(request)
+    if isinstance(path, bytes):
+        return path
     try:
         return render(*handler(path))
-    except Exception:  # a bug in one page costs that request, never the supervisor's loop
+    except Exception:
         log.exception("http: GET %s failed", path, extra={"event": "http_error"})
         return render(500, "text/plain", b"internal error: see the supervisor's log\n")
 
 
 class HttpServer:
-    def __init__(self, address: str, selector: selectors.BaseSelector, handler: Handler) -> None:
+    def __init__(self, address: str, selector: selectors.BaseSelector, handler: Handler,
+                 deferred: Mapping[str, Deferred] | None = None, max_connections: int = MAX_CONNECTIONS) -> None:
         host, port = parse_address(address)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.listener = socket.socket(family, socket.SOCK_STREAM)
@@ -79,6 +107,9 @@ class HttpServer:
         self.listener.setblocking(False)
         self.selector = selector
         self.handler = handler
+        self.deferred = dict(deferred or {})
+        self.max_connections = max_connections
+        self.rejected = 0  # connections closed at once: max_connections were open
         self.exchanges: set[_Exchange] = set()
         selector.register(self.listener, selectors.EVENT_READ, self.on_accept)
 
@@ -90,6 +121,10 @@ class HttpServer:
                 return
             except OSError:
                 return  # EMFILE and friends: try again on the next readiness
+            if len(self.exchanges) >= self.max_connections:
+                sock.close()  # the cap: what a flood of scrapers costs is bounded
+                self.rejected += 1
+                continue
             sock.setblocking(False)
             exchange = _Exchange(sock, time.monotonic() + CONNECTION_LIFETIME)
             self.exchanges.add(exchange)
@@ -108,11 +143,24 @@ class HttpServer:
         exchange.request += chunk
         if b"\r\n\r\n" not in exchange.request and len(exchange.request) < MAX_REQUEST:
             return
-        exchange.response = respond_to(exchange.request, self.handler)
-        self.selector.modify(exchange.sock, selectors.EVENT_WRITE, lambda e=exchange: self.on_writable(e))
+        self.selector.unregister(exchange.sock)  # nothing more to read; registered again to write the answer
+        path = request_path(exchange.request)
+        if isinstance(path, bytes):
+            self.respond(exchange, path)
+        elif path in self.deferred:
+            self.deferred[path].request(functools.partial(self.respond, exchange))
+        else:
+            self.respond(exchange, render(*self.handler(path)))
+
+    def respond(self, exchange: _Exchange, response: bytes) -> None:
+        if exchange not in self.exchanges:
+            return  # gone while its answer was being made (expired, or the client left)
+        exchange.response = memoryview(response)
+        self.selector.register(exchange.sock, selectors.EVENT_WRITE, lambda e=exchange: self.on_writable(e))
         self.on_writable(exchange)
 
     def on_writable(self, exchange: _Exchange) -> None:
+        assert exchange.response is not None
         try:
             sent = exchange.sock.send(exchange.response)
         except (BlockingIOError, InterruptedError):
@@ -120,7 +168,7 @@ class HttpServer:
         except OSError:
             self.finish(exchange)
             return
-        exchange.response = exchange.response[sent:]
+        exchange.response = exchange.response[sent:]  # a view: a large body is never copied per send
         if not exchange.response:
             self.finish(exchange)
 
@@ -130,25 +178,33 @@ class HttpServer:
             try:
                 self.selector.unregister(exchange.sock)
             except (KeyError, ValueError):
-                pass
+                pass  # waiting for a deferred answer: not registered
             exchange.sock.close()
 
     def expire(self, now: float) -> None:
+        for deferred in self.deferred.values():
+            deferred.expire(now)
         for exchange in [e for e in self.exchanges if e.deadline <= now]:
             self.finish(exchange)
 
     def next_deadline(self) -> float | None:
-        return min((e.deadline for e in self.exchanges), default=None)
+        deadlines = [e.deadline for e in self.exchanges]
+        deadlines += [d for deferred in self.deferred.values() if (d := deferred.next_deadline()) is not None]
+        return min(deadlines, default=None)
 
     def abandon(self) -> None:
         """In a forked child: close our copies without touching the (shared) selector."""
         for exchange in self.exchanges:
             exchange.sock.close()
+        for deferred in self.deferred.values():
+            deferred.abandon()
         self.listener.close()
 
     def close(self) -> None:
         for exchange in list(self.exchanges):
             self.finish(exchange)
+        for deferred in self.deferred.values():
+            deferred.close()
         try:
             self.selector.unregister(self.listener)
         except (KeyError, ValueError):

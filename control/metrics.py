@@ -1,174 +1,178 @@
-"""Metrics: the workers' counters summed into one view, rendered as Prometheus text.
+"""/metrics: rendered by a forked child from the shared table, at most once per MAX_AGE, shared by every scrape.
 
-Workers push plain counters over their channel; the supervisor keeps the last report of each live worker and,
-when a worker exits, folds its counters into `retired` so totals never go backwards across respawns.
-`merge_counters` is pure and tested with plain values.
+The supervisor has one loop and no threads, and the text for 2,000 apps x 3 targets is megabytes. So the loop
+only forks (copy-on-write: the child sees the config, the cell map and the shared table as they are) and reads
+the child's pipe as it becomes readable; the child reads the table, writes the whole HTTP response and exits.
+A scrape that finds a response younger than MAX_AGE gets it at once; one that finds a render running waits for
+it; otherwise it starts one, so there is at most one render per MAX_AGE however many scrape. A render that
+fails (or outlives RENDER_DEADLINE, then it is killed) answers its waiters 503; the next scrape tries again.
+
+The child's first acts: default signal handling, close every descriptor but its pipe (it must not keep a
+listening socket or the BPF lock alive). It is reaped by the supervisor's SIGCHLD handling like any child
+that is not a worker; the pipe's end is what the loop waits for.
 """
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Iterable, Iterator
+import contextlib
+import fcntl
+import logging
+import os
+import resource
+import selectors
+import signal
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import NoReturn
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.registry import Collector, CollectorRegistry
+import setproctitle
 
-from workers.routes import CONNECT_BUCKETS
+from control.http import Reply, render
+from proxy.logs import log_event
 
-AppReport = dict[str, Any]
-# Counters that only go up (summed and kept across worker exits), as opposed to gauges (live workers only).
-APP_COUNTERS = ("total", "failed", "failovers", "refused", "bytes_in", "bytes_out")
+log = logging.getLogger("supervisor")
 
-
-def merge_counters(into: dict[str, AppReport], apps: dict[str, AppReport]) -> None:
-    """Add one worker's monotonic counters (per app and target) into `into`."""
-    for name, app in apps.items():
-        total = into.setdefault(name, {"connect": {"buckets": [0] * (len(CONNECT_BUCKETS) + 1), "sum": 0.0},
-                                       "targets": {}})
-        for key in APP_COUNTERS:
-            total[key] = total.get(key, 0) + app.get(key, 0)
-        buckets = total["connect"]["buckets"]
-        for i, n in enumerate(app["connect"]["buckets"]):
-            buckets[i] += n
-        total["connect"]["sum"] += app["connect"]["sum"]
-        for target, t in app["targets"].items():
-            tt = total["targets"].setdefault(target, {"total": 0, "errors": {}})
-            tt["total"] += t["total"]
-            for reason, n in t["errors"].items():
-                tt["errors"][reason] = tt["errors"].get(reason, 0) + n
+MAX_AGE = 1.0  # seconds a rendered response is served to every scrape
+RENDER_DEADLINE = 10.0
+PIPE_SIZE = 1 << 20  # fewer wake-ups per render when the kernel allows it
+Job = Callable[[], bytes]  # runs in the child: the whole HTTP response
 
 
-@dataclass
-class ProcessInfo:
-    """What the supervisor knows of itself, for the per-process metrics."""
-
-    version: int = 1
-    last_reload_ok: bool = True
-    last_reload_time: float = 0.0
-    reloads_ok: int = 0
-    reloads_failed: int = 0
-    worker_restarts: int = 0
-    workers_ready: int = 0
-    workers_wanted: int = 0
-    steering: dict[str, int] = field(default_factory=dict)
-    worker_usage: list[tuple[int, float, float]] = field(default_factory=list)  # slot, rss bytes, cpu seconds
+@dataclass(eq=False)
+class _Render:
+    pid: int
+    fd: int
+    started: float
+    data: bytearray = field(default_factory=bytearray)
 
 
-def summarize(retired: dict[str, AppReport], live: Iterable[dict[str, AppReport]],
-              current_apps: Iterable[str]) -> dict[str, AppReport]:
-    """Per app: counters (retired + live) and gauges (live), limited to the apps of the current config plus any
-    app that still has open connections."""
-    counters = copy.deepcopy(retired)
-    gauges: dict[str, AppReport] = {}
-    reports = list(live)
-    for apps in reports:
-        merge_counters(counters, apps)
-        for name, app in apps.items():
-            g = gauges.setdefault(name, {"active": 0, "targets": {}})
-            g["active"] += app.get("active", 0)
-            for target, t in app["targets"].items():
-                gt = g["targets"].setdefault(target, {"active": 0, "up": True})
-                gt["active"] += t["active"]
-                gt["up"] = gt["up"] and t["up"]
-    wanted = set(current_apps) | {n for n, g in gauges.items() if g["active"]}
-    result = {}
-    for name in sorted(wanted):
-        app = counters.get(name) or {"connect": {"buckets": [0] * (len(CONNECT_BUCKETS) + 1), "sum": 0.0},
-                                     "targets": {}}
-        gauge = gauges.get(name, {"active": 0, "targets": {}})
-        result[name] = {**app, "active": gauge["active"], "live_targets": gauge["targets"]}
-    return result
+class MetricsCache:
+    def __init__(self, selector: selectors.BaseSelector, prepare: Callable[[], Job], max_age: float = MAX_AGE,
+                 deadline: float = RENDER_DEADLINE) -> None:
+        self.selector = selector
+        self.prepare = prepare  # in the supervisor, at fork time: what the child will run
+        self.max_age = max_age
+        self.deadline = deadline
+        self.renders = 0
+        self.failures = 0
+        self.response: bytes | None = None
+        self.fresh_until = 0.0
+        self.waiters: list[Reply] = []
+        self.running: _Render | None = None
+
+    def request(self, reply: Reply) -> None:
+        if self.response is not None and time.monotonic() < self.fresh_until:
+            reply(self.response)
+            return
+        self.waiters.append(reply)
+        if self.running is None:
+            self.start()
+
+    def start(self) -> None:
+        self.renders += 1
+        job = self.prepare()
+        try:
+            read_end, write_end = os.pipe()
+        except OSError as exc:
+            self.fail(f"cannot render /metrics: {exc}")
+            return
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            os.close(read_end)
+            os.close(write_end)
+            self.fail(f"cannot render /metrics: {exc}")
+            return
+        if pid == 0:
+            _child(job, write_end)
+        os.close(write_end)
+        os.set_blocking(read_end, False)
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(read_end, fcntl.F_SETPIPE_SZ, PIPE_SIZE)  # fs.pipe-max-size may refuse: fine
+        self.running = _Render(pid, read_end, time.monotonic())
+        self.selector.register(read_end, selectors.EVENT_READ, self.on_readable)
+
+    def on_readable(self) -> None:
+        running = self.running
+        assert running is not None
+        for _ in range(64):  # bounded: other callbacks get their turn during a large body
+            try:
+                chunk = os.read(running.fd, PIPE_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                chunk = b""
+            if not chunk:
+                self.finished(running)
+                return
+            running.data += chunk
+
+    def finished(self, running: _Render) -> None:
+        self.stop_reading(running)
+        data = running.data
+        size = int.from_bytes(data[:8], "little") if len(data) >= 8 else -1
+        if size != len(data) - 8:
+            self.fail(f"/metrics render (pid {running.pid}) ended before its answer was complete")
+            return
+        self.response = bytes(memoryview(data)[8:])
+        self.fresh_until = running.started + self.max_age
+        waiters, self.waiters = self.waiters, []
+        for reply in waiters:
+            reply(self.response)
+
+    def fail(self, why: str) -> None:
+        self.failures += 1
+        if self.failures == 1 or self.failures % 100 == 0:
+            log_event(log, logging.ERROR, "metrics_failed", f"{why} ({self.failures} so far)", error=why)
+        waiters, self.waiters = self.waiters, []
+        response = render(503, "text/plain", b"metrics unavailable: rendering failed; try again\n")
+        for reply in waiters:
+            reply(response)
+
+    def stop_reading(self, running: _Render) -> None:
+        self.running = None
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(running.fd)
+        os.close(running.fd)
+
+    def next_deadline(self) -> float | None:
+        return None if self.running is None else self.running.started + self.deadline
+
+    def expire(self, now: float) -> None:
+        running = self.running
+        if running is not None and running.started + self.deadline <= now:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(running.pid, signal.SIGKILL)
+            self.stop_reading(running)
+            self.fail(f"/metrics render (pid {running.pid}) took longer than {self.deadline:g} s; killed")
+
+    def close(self) -> None:
+        if self.running is not None:
+            self.stop_reading(self.running)  # the child meets EPIPE and exits
+
+    def abandon(self) -> None:
+        """In a forked worker: close our copy without touching the (shared) selector."""
+        if self.running is not None:
+            os.close(self.running.fd)
 
 
-class SkiffCollector(Collector):
-    def __init__(self, source: Any) -> None:
-        self.source = source  # has .metrics_view() -> (apps summary, ProcessInfo)
-
-    def collect(self) -> Iterator[Metric]:
-        apps, info = self.source.metrics_view()
-        yield from app_metrics(apps)
-        yield from process_metrics(info)
-
-
-def app_metrics(apps: dict[str, AppReport]) -> Iterator[Metric]:
-    active = GaugeMetricFamily("skiff_connections_active", "Client connections open now", labels=["app"])
-    total = CounterMetricFamily("skiff_connections", "Client connections accepted", labels=["app"])
-    failed = CounterMetricFamily("skiff_connections_failed",
-                                 "Client connections closed because every target failed", labels=["app"])
-    failovers = CounterMetricFamily("skiff_failovers", "Connect attempts that moved on to another target",
-                                    labels=["app"])
-    refused = CounterMetricFamily("skiff_connections_refused",
-                                  "Client connections closed at once by a limit (HardLimit, every target at MaxConns)",
-                                  labels=["app"])
-    received = CounterMetricFamily("skiff_received_bytes", "Bytes received from clients", labels=["app"])
-    sent = CounterMetricFamily("skiff_sent_bytes", "Bytes sent to clients", labels=["app"])
-    latency = HistogramMetricFamily("skiff_connect_duration_seconds",
-                                    "From accept to a connected target (failovers included)", labels=["app"])
-    t_active = GaugeMetricFamily("skiff_target_connections_active", "Connections open to a target now",
-                                 labels=["app", "target"])
-    t_total = CounterMetricFamily("skiff_target_connections", "Successful connects to a target",
-                                  labels=["app", "target"])
-    t_failures = CounterMetricFamily("skiff_target_connect_failures", "Failed connects to a target by reason",
-                                     labels=["app", "target", "reason"])
-    t_up = GaugeMetricFamily("skiff_target_up", "1 unless a worker's last connect to the target failed",
-                             labels=["app", "target"])
-    for name, app in apps.items():
-        active.add_metric([name], app["active"])
-        total.add_metric([name], app.get("total", 0))
-        failed.add_metric([name], app.get("failed", 0))
-        failovers.add_metric([name], app.get("failovers", 0))
-        refused.add_metric([name], app.get("refused", 0))
-        received.add_metric([name], app.get("bytes_in", 0))
-        sent.add_metric([name], app.get("bytes_out", 0))
-        cumulative, running = [], 0
-        for bound, n in zip([*map(str, CONNECT_BUCKETS), "+Inf"], app["connect"]["buckets"], strict=True):
-            running += n
-            cumulative.append((bound, running))
-        latency.add_metric([name], cumulative, app["connect"]["sum"])
-        targets = set(app["targets"]) | set(app["live_targets"])
-        for target in sorted(targets):
-            counted = app["targets"].get(target, {"total": 0, "errors": {}})
-            live = app["live_targets"].get(target, {"active": 0, "up": True})
-            t_active.add_metric([name, target], live["active"])
-            t_total.add_metric([name, target], counted["total"])
-            t_up.add_metric([name, target], 1 if live["up"] else 0)
-            for reason, n in sorted(counted["errors"].items()):
-                t_failures.add_metric([name, target, reason], n)
-    yield from (active, total, failed, failovers, refused, received, sent, latency, t_active, t_total, t_failures, t_up)
-
-
-def process_metrics(info: ProcessInfo) -> Iterator[Metric]:
-    yield GaugeMetricFamily("skiff_config_version", "Version of the config being served", value=info.version)
-    yield GaugeMetricFamily("skiff_config_last_reload_success", "1 if the last reload was applied, 0 if it failed",
-                            value=1 if info.last_reload_ok else 0)
-    yield GaugeMetricFamily("skiff_config_last_reload_timestamp_seconds", "When the last reload was tried",
-                            value=info.last_reload_time)
-    reloads = CounterMetricFamily("skiff_config_reloads", "Reloads tried, by result", labels=["result"])
-    reloads.add_metric(["success"], info.reloads_ok)
-    reloads.add_metric(["failure"], info.reloads_failed)
-    yield reloads
-    yield CounterMetricFamily("skiff_worker_restarts", "Workers that exited unexpectedly and were respawned",
-                              value=info.worker_restarts)
-    yield GaugeMetricFamily("skiff_workers_ready", "Workers serving the current config", value=info.workers_ready)
-    yield GaugeMetricFamily("skiff_workers", "Workers configured (-w)", value=info.workers_wanted)
-    rss = GaugeMetricFamily("skiff_worker_resident_memory_bytes", "Worker RSS", labels=["worker"])
-    cpu = CounterMetricFamily("skiff_worker_cpu_seconds", "Worker CPU time (user + system)", labels=["worker"])
-    for slot, rss_bytes, cpu_seconds in info.worker_usage:
-        rss.add_metric([str(slot)], rss_bytes)
-        cpu.add_metric([str(slot)], cpu_seconds)
-    yield rss
-    yield cpu
-    if info.steering:
-        steering = CounterMetricFamily("skiff_bpf_lookups", "BPF sk_lookup outcomes for configured ports",
-                                       labels=["outcome"])
-        for outcome, n in info.steering.items():
-            steering.add_metric([outcome], n)
-        yield steering
-
-
-def registry_for(source: Any) -> CollectorRegistry:
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(SkiffCollector(source))
-    return registry
+def _child(job: Job, write_end: int) -> NoReturn:
+    code = 1
+    try:
+        signal.set_wakeup_fd(-1)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1,
+                       signal.SIGUSR2):
+            signal.signal(signum, signal.SIG_DFL)
+        setproctitle.setproctitle("skiff: metrics render")  # not a worker, to ps and to the tests' helpers
+        os.closerange(3, write_end)
+        os.closerange(write_end + 1, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+        response = job()
+        view = memoryview(len(response).to_bytes(8, "little") + response)
+        while view:
+            view = view[os.write(write_end, view):]
+        code = 0
+    except BaseException:
+        log.exception("/metrics render child failed", extra={"event": "metrics_failed"})
+    finally:
+        os._exit(code)

@@ -1,20 +1,26 @@
 """What the supervisor tells people about itself: /metrics, /healthz, /status and the SIGUSR1 status line.
 
 Reads the supervisor's state; changes none of it. psutil observes the workers here (RSS, CPU); it never drives
-control flow.
+control flow. Per-app figures come from the shared counter table (proxy/counters.py): /status reads the few
+columns it shows on the loop; /metrics is rendered in a child (control/metrics.py).
 """
 
 from __future__ import annotations
 
+import selectors
 from typing import TYPE_CHECKING, Any
 
 import orjson
 import psutil
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from control.handle import WorkerState
-from control.metrics import AppReport, ProcessInfo, registry_for, summarize
+from control.http import MAX_CONNECTIONS, HttpServer, render
+from control.metrics import Job, MetricsCache
 from proxy import failpoints
+from proxy.counters import CellMap
+from proxy.exposition import TOTAL, AppCells, ProcessInfo, current_apps, listing, status_apps
+from proxy.exposition import render as render_metrics
 
 if TYPE_CHECKING:
     from control.arbiter import Supervisor
@@ -23,13 +29,18 @@ if TYPE_CHECKING:
 class Observer:
     def __init__(self, supervisor: Supervisor) -> None:
         self.supervisor = supervisor
-        self.registry = registry_for(self)
+        self.metrics: MetricsCache | None = None
+        self.http: HttpServer | None = None
+        self.listed: tuple[CellMap | None, list[AppCells]] = (None, [])  # current_apps of the last cell map
+
+    def serve(self, address: str, selector: selectors.BaseSelector,
+              max_connections: int = MAX_CONNECTIONS) -> HttpServer:
+        """The HTTP server in the supervisor's wait point (raises HttpError when it cannot listen)."""
+        self.metrics = MetricsCache(selector, self.metrics_job)
+        self.http = HttpServer(address, selector, self.serve_http, {"/metrics": self.metrics}, max_connections)
+        return self.http
 
     def serve_http(self, path: str) -> tuple[int, str, bytes]:
-        if path == "/metrics":
-            if failpoints.active("metrics-render"):
-                raise RuntimeError("failpoint metrics-render: rendering /metrics fails on purpose")
-            return 200, CONTENT_TYPE_LATEST, generate_latest(self.registry)
         if path == "/healthz":
             problem = self.health_problem()
             return (503, "text/plain", f"unhealthy: {problem}\n".encode()) if problem else (200, "text/plain", b"ok\n")
@@ -63,25 +74,50 @@ class Observer:
                 continue
         return usage
 
-    def metrics_view(self) -> tuple[dict[str, AppReport], ProcessInfo]:
+    def process_info(self) -> ProcessInfo:
         s = self.supervisor
-        live = [h.stats["apps"] for h in s.handles.values() if isinstance(h.stats.get("apps"), dict)]
-        apps = summarize(s.retired, live, [a.name for a in s.snapshot.config.apps])  # type: ignore[arg-type]
         status = s.reload_status
-        info = ProcessInfo(
+        return ProcessInfo(
             version=s.snapshot.version, last_reload_ok=status.ok, last_reload_time=status.at,
             reloads_ok=status.reloads, reloads_failed=status.failures, worker_restarts=s.worker_restarts,
             workers_ready=sum(1 for h in s.handles.values()
                               if h.state is WorkerState.READY and h.acked_version == s.snapshot.version),
             workers_wanted=s.options.workers,
             steering=s.listeners.counters(),
-            worker_usage=[(slot, rss, cpu) for slot, (rss, cpu) in sorted(self.worker_usage().items())],
+            metrics_renders=self.metrics.renders if self.metrics is not None else 0,
+            http_rejected=self.http.rejected if self.http is not None else 0,
         )
-        return apps, info
+
+    def metrics_job(self) -> Job:
+        """Taken in the supervisor when a render starts; the returned job runs in the render child, where the
+        config, the cell map and the process figures are this moment's (copy-on-write) and the table is live."""
+        s = self.supervisor
+        info = self.process_info()  # the BPF counters are read here: the child has no descriptors
+        cells, table, current = s.cells, s.counters, self.current_apps()
+        source_families = s.source.metrics_text()
+
+        def job() -> bytes:
+            reading = table.read(cells.fresh)
+            apps = listing(current, cells, reading.counts.__getitem__)
+            info.worker_usage = [(slot, rss, cpu) for slot, (rss, cpu) in sorted(self.worker_usage().items())]
+            if failpoints.active("metrics-render"):
+                raise RuntimeError("failpoint metrics-render: rendering /metrics fails on purpose")
+            return render(200, CONTENT_TYPE_LATEST, render_metrics(apps, reading, info) + source_families)
+
+        return job
+
+    def current_apps(self) -> list[AppCells]:
+        """The current config's apps and cells; a reload makes a new cell map, which is when this changes."""
+        s = self.supervisor
+        if self.listed[0] is not s.cells:
+            self.listed = (s.cells, current_apps(s.snapshot.config, s.cells))
+        return self.listed[1]
 
     def status(self) -> dict[str, Any]:
         s = self.supervisor
-        apps, info = self.metrics_view()
+        info = self.process_info()
+        reading = s.counters.read(s.cells.fresh, fields=(TOTAL,))
+        apps = status_apps(listing(self.current_apps(), s.cells, reading.counts.__getitem__), reading)
         usage = self.worker_usage()
         status = s.reload_status
         return {
@@ -94,16 +130,14 @@ class Observer:
                             "failures": status.failures},
             "worker_restarts": s.worker_restarts,
             "config_source": s.source.status(),
+            "metrics_renders": info.metrics_renders,
+            "http_rejected": info.http_rejected,
             "workers": [
                 {"slot": h.slot, "pid": h.pid, "state": h.state.value, "version": h.acked_version,
                  "rss_bytes": usage.get(h.slot, (0.0, 0.0))[0], "cpu_seconds": usage.get(h.slot, (0.0, 0.0))[1]}
                 for h in sorted(s.handles.values(), key=lambda h: h.slot)
             ],
-            "apps": {
-                name: {"active": app["active"], "total": app.get("total", 0),
-                       "targets": {t: {"up": v["up"], "active": v["active"]} for t, v in app["live_targets"].items()}}
-                for name, app in apps.items()
-            },
+            "apps": apps,
         }
 
     def status_line(self) -> str:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from proxy.config import Target
+from proxy.counters import TargetCounts
 
 BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 30.0
@@ -28,6 +29,8 @@ class Shared(Protocol):
 
     def healthy(self) -> bool: ...
 
+    def set_down(self, down: bool) -> None: ...
+
 
 @dataclass(slots=True, eq=False)
 class TargetState:
@@ -37,9 +40,22 @@ class TargetState:
     outstanding: int = 0
     failures: int = 0
     down_until: float = 0.0  # monotonic seconds; at or before now means the target may be tried
-    connects: int = 0  # successful connects, for metrics
-    errors: dict[str, int] = field(default_factory=dict)  # failed connects by reason, for metrics
+    # Successful and failed connects (by reason), for metrics: this worker's record of the target in the shared
+    # table once bound (workers/policy.py), so they are counted where the supervisor reads them.
+    counts: TargetCounts = field(default_factory=TargetCounts)
     shared: Shared | None = None
+
+    @property
+    def connects(self) -> int:
+        return self.counts.connects
+
+    @connects.setter
+    def connects(self, value: int) -> None:
+        self.counts.connects = value
+
+    @property
+    def errors(self) -> TargetCounts:
+        return self.counts
 
     def is_up(self, now: float) -> bool:
         """May be tried now: its backoff has passed and its active checks (if any) pass."""
@@ -75,15 +91,22 @@ def mark_failed(state: TargetState, now: float) -> bool:
     """Record a failed connect; True when this turns an up target down (worth one log line)."""
     state.failures += 1
     state.down_until = now + backoff(state.failures)
-    return state.failures == 1
+    if state.failures != 1:
+        return False
+    if state.shared is not None:
+        state.shared.set_down(True)
+    return True
 
 
 def mark_ok(state: TargetState) -> bool:
     """Record a successful connect; True when this brings a down target back up."""
-    was_down = state.failures > 0
+    if not state.failures:
+        return False
     state.failures = 0
     state.down_until = 0.0
-    return was_down
+    if state.shared is not None:
+        state.shared.set_down(False)
+    return True
 
 
 def choose(

@@ -1,4 +1,5 @@
-"""A worker's traffic policy: cells bound to its routes, admission under HardLimit, refusals logged sparingly.
+"""A worker's traffic policy: cells and counter records bound to its routes, admission under HardLimit,
+refusals counted and logged sparingly.
 
 Counts live in the shared table (proxy/counters.py), so limits hold for all workers together. Admission counts
 first and checks after (add 1, read the sum, take the 1 back if over): two workers racing for the last place
@@ -12,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 
-from proxy.counters import CounterTable, target_key
+from proxy.counters import Cell, CounterTable, target_key
 from proxy.logs import log_event
 from workers.routes import AppRoute, RoutingTable
 
@@ -31,16 +32,26 @@ class Policy:
         self.loop = asyncio.get_running_loop()
 
     def bind(self, table: RoutingTable, cells: Mapping[str, int]) -> None:
-        """Point each app and target at its cell; names that stay keep theirs, so counts survive a reload."""
+        """Point each app and target at its cell (gauges) and at this worker's record of it (counters); names
+        that stay keep theirs, so counts survive a reload."""
         counters = self.counters
         if counters is None:
             return
+        slot = self.slot
         for name, route in table.apps.items():
             index = cells.get(name)
-            route.shared = None if index is None else counters.cell(self.slot, index)
+            if index is None:
+                route.shared = None
+            elif not _bound(route.shared, index):
+                route.shared = counters.cell(slot, index)
+                route.stats = counters.app_stats(slot, index)
             for state in route.targets:
                 index = cells.get(target_key(name, state.target))
-                state.shared = None if index is None else counters.cell(self.slot, index)
+                if index is None:
+                    state.shared = None
+                elif not _bound(state.shared, index):
+                    state.shared = counters.cell(slot, index)
+                    state.counts = counters.target_counts(slot, index)
 
     def admit(self, route: AppRoute) -> bool:
         """Count a new client of `route`; False (and counted as refused) when its app is at HardLimit."""
@@ -81,3 +92,7 @@ class Policy:
 
     def fds_exhausted(self, exc: OSError) -> None:
         self.on_fds_exhausted()
+
+
+def _bound(shared: object, index: int) -> bool:
+    return isinstance(shared, Cell) and shared.index == index

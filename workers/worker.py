@@ -46,13 +46,15 @@ EXIT_BOOT_FAILED = 3
 EXIT_CHANNEL_BROKEN = 4
 EXIT_CRASHED = 5
 
+BYTES_FLUSH_INTERVAL = 1.0  # the idle sweep runs at least this often: open connections' bytes reach the table
+NOTHING_COUNTED = (0, 0)
+
 
 @dataclass(frozen=True, slots=True)
 class WorkerOptions:
     grace: float
-    stats_interval: float | None = None  # push counters to the supervisor this often (when it serves metrics)
     steered: bool = False  # bpf mode: one listener for every port; the accepted socket names the port
-    counters: CounterTable | None = None  # shared by every worker: limits and health verdicts
+    counters: CounterTable | None = None  # shared by every worker: limits, health verdicts and metrics
 
 
 class Worker:
@@ -68,6 +70,7 @@ class Worker:
         self.table: RoutingTable = build_table(snapshot.version, snapshot.config, None)
         self.listeners = {port: Listener(port, sock) for port, sock in sockets.items()}
         self.relays: set[ClientSide] = set()
+        self.flushed: dict[ClientSide, tuple[int, int]] = {}  # bytes of open connections already counted
         self.adopting: set[asyncio.Task[object]] = set()  # queued connections taken over from a draining listener
         self.loop = asyncio.get_running_loop()
         self.guard = AcceptGuard(slot, self.pause_accepting, self.resume_accepting)
@@ -126,7 +129,6 @@ class Worker:
             # Not ours any more (a port removed between accept and now), or at HardLimit.
             relay.connect_failed()
             return
-        route.stats.active += 1
         route.stats.total += 1
         relay.idle_since = time.monotonic()
         self.relays.add(relay)
@@ -151,9 +153,9 @@ class Worker:
             self.relays.discard(relay)
             assert relay.route is not None
             stats = relay.route.stats
-            stats.active -= 1
-            stats.bytes_in += relay.bytes_in
-            stats.bytes_out += relay.bytes_out
+            counted_in, counted_out = self.flushed.pop(relay, NOTHING_COUNTED) if self.flushed else NOTHING_COUNTED
+            stats.bytes_in += relay.bytes_in - counted_in
+            stats.bytes_out += relay.bytes_out - counted_out
             self.policy.release(relay.route)
             self.guard.relieved(2 * len(self.relays))
         if relay.target is not None:
@@ -182,13 +184,22 @@ class Worker:
             self.guard.exhausted()  # e.g. EMFILE duplicating the socket: try again shortly
 
     def sweep_idle(self) -> None:
+        """Close connections idle past their app's IdleTimeout; count the bytes the others moved since the last
+        sweep (so the metrics of a long connection stay current without a write per read)."""
         now = time.monotonic()
         expired = []
+        flushed = self.flushed
         for relay in self.relays:
             moved = relay.bytes_in + relay.bytes_out
             if moved != relay.seen:
                 relay.seen = moved
                 relay.idle_since = now
+                if relay.route is not None:
+                    counted_in, counted_out = flushed.get(relay, NOTHING_COUNTED)
+                    stats = relay.route.stats
+                    stats.bytes_in += relay.bytes_in - counted_in
+                    stats.bytes_out += relay.bytes_out - counted_out
+                    flushed[relay] = (relay.bytes_in, relay.bytes_out)
             elif relay.route is not None and now - relay.idle_since >= relay.route.app.idle_timeout:
                 expired.append(relay)
         for relay in expired:
@@ -197,7 +208,7 @@ class Worker:
 
     def sweep_interval(self) -> float:
         shortest = min((a.app.idle_timeout for a in self.table.apps.values()), default=60.0)
-        return min(max(shortest / 4, 0.05), 30.0)
+        return min(max(shortest / 4, 0.05), BYTES_FLUSH_INTERVAL)
 
     # --- the supervisor channel ----------------------------------------------------------------------
     def send(self, message: dict[str, Any], coalesce: str | None = None) -> None:
@@ -273,8 +284,6 @@ class Worker:
                     await self.apply_snapshot(message)
                 elif kind == "drain":
                     self.begin_stop()
-                elif kind == "stats":
-                    self.send({"t": "stats", "stats": self.stats()})
         except Exception:
             log.exception("worker %d: the control path failed; exiting to be respawned", self.slot,
                           extra={"event": "worker_crashed", "worker": self.slot})
@@ -332,8 +341,6 @@ class Worker:
             self.health.apply(self.table, self.snapshot.cells)
         self.loop.call_later(self.sweep_interval(), self.sweep_idle)
         self.send({"t": "ready", "version": self.snapshot.version, "pid": os.getpid()})
-        if self.options.stats_interval:
-            self.push_stats()
         await self.stopped.wait()
         control.cancel()
         return self.exit_code
@@ -366,36 +373,6 @@ class Worker:
         for relay in list(self.relays):
             relay.finish(reset=True)
         self.stopped.set()
-
-    def push_stats(self) -> None:
-        self.send({"t": "stats", "stats": self.stats()})
-        if not self.stopping and self.options.stats_interval:
-            self.loop.call_later(self.options.stats_interval, self.push_stats)
-
-    def stats(self) -> dict[str, Any]:
-        """Counters since this worker started, per app and target (the supervisor sums the workers)."""
-        live: dict[int, list[int]] = {}
-        for relay in self.relays:
-            if relay.route is not None:
-                counts = live.setdefault(id(relay.route.stats), [0, 0])
-                counts[0] += relay.bytes_in
-                counts[1] += relay.bytes_out
-        apps = {}
-        for name, route in self.table.apps.items():
-            s = route.stats
-            open_in, open_out = live.get(id(s), (0, 0))
-            apps[name] = {
-                "active": s.active, "total": s.total, "failed": s.failed, "failovers": s.failovers,
-                "refused": s.refused,
-                "bytes_in": s.bytes_in + open_in, "bytes_out": s.bytes_out + open_out,
-                "connect": {"buckets": s.connect_buckets, "sum": s.connect_seconds},
-                "targets": {
-                    str(t.target): {"active": t.outstanding, "total": t.connects, "errors": t.errors,
-                                    "up": not t.marked_down and t.checks_pass()}
-                    for t in route.targets
-                },
-            }
-        return {"version": self.snapshot.version, "apps": apps}
 
 
 def worker_main(

@@ -40,6 +40,9 @@ class ConfigSource(Protocol):
 
     def status(self) -> dict[str, Any]: ...
 
+    def metrics_text(self) -> bytes:
+        """The source's own Prometheus families, appended to /metrics (empty for a file)."""
+
     def close_in_child(self) -> None:
         """In a freshly forked worker: drop what belongs to the supervisor."""
 
@@ -77,6 +80,9 @@ class FileSource:
 
     def status(self) -> dict[str, Any]:
         return {"kind": "file", "path": str(self.path)}
+
+    def metrics_text(self) -> bytes:
+        return b""
 
     def close_in_child(self) -> None:
         pass

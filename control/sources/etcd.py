@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 import setproctitle
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from control.handle import WorkerState
@@ -99,6 +100,8 @@ class EtcdSource:
         self.respawn_at: float | None = None
         self.report_at: float | None = None
         self.note_skipped(first.skipped)
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(SourceCollector(self))
 
     # --- the ConfigSource interface ------------------------------------------------------------------
     def load(self) -> Config:
@@ -109,11 +112,14 @@ class EtcdSource:
 
     def start(self, supervisor: Supervisor) -> None:
         self.supervisor = supervisor
-        supervisor.observer.registry.register(SourceCollector(self))
         self.spawn_helper()
 
     def refresh(self) -> None:
         self.send({"t": "relist"})
+
+    def metrics_text(self) -> bytes:
+        """A handful of families: rendered on the loop when a /metrics render starts, appended by the child."""
+        return generate_latest(self.registry)
 
     def applied(self, version: int) -> None:
         revision, first_event = self.waiting.pop(version, (None, 0.0))

@@ -3,11 +3,17 @@ workers together, refusals close the client at once and are logged at a bounded 
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import socket
 import time
+import urllib.request
 from collections.abc import Callable
 from typing import Any
+
+import orjson
+import psutil
 
 from tests.policy.targets import Target
 from tests.support import app, free_ports, wait_for
@@ -108,3 +114,82 @@ def test_counts_survive_a_reload(start_echo: Callable[..., Any], start_skiff: Ca
             break
     else:
         raise AssertionError("the limited app did not serve again after its clients left")
+
+
+def held_by(pid: int, port: int) -> int:
+    """Client connections of `port` that process `pid` holds (accepted, still open)."""
+    return sum(1 for c in psutil.Process(pid).net_connections(kind="tcp")
+               if c.laddr and c.laddr.port == port and c.status == psutil.CONN_ESTABLISHED)
+
+
+def knock(port: int, n: int, wait: float) -> tuple[int, int]:
+    """`n` clients at once, each sending a byte: (echoed, closed without an answer). A client that hears
+    nothing within `wait` s sits in the queue of a slot whose worker is down: neither."""
+    socks = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(n)]
+    served = refused = 0
+    try:
+        for sock in socks:
+            sock.sendall(b"x")
+        deadline = time.monotonic() + wait
+        for sock in socks:
+            sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                got = sock.recv(1)
+            except TimeoutError:
+                continue
+            except ConnectionResetError:
+                got = b""
+            if got == b"x":
+                served += 1
+            else:
+                refused += 1
+    finally:
+        close_all(socks)
+    return served, refused
+
+
+def test_a_killed_workers_connections_stop_counting_when_it_is_reaped(
+        start_echo: Callable[..., Any], start_skiff: Callable[..., Any]) -> None:
+    """1. HardLimit 16 over two workers. 2. Worker 0 is killed five times in a row soon after each start, so
+    its next respawn waits in backoff (1.6 s). 3. Sixteen clients hold (the app is full), some on worker 0.
+    4. Worker 0 is killed a sixth time, holding `a` of them; its respawn is held back by the backoff.
+    5. Meanwhile `a` new clients at once: worker 1 serves those that reach it and refuses none (the dead
+    worker's row stopped counting when it was reaped, not when its slot comes back). 6. The slot comes back."""
+    listen, target, metrics = free_ports(3)
+    start_echo([target])
+    skiff = start_skiff([app("limited", [listen], [f"127.0.0.1:{target}"], HardLimit=16)],
+                        "--metrics", f"127.0.0.1:{metrics}")
+
+    def ready_pid() -> int | None:
+        """Worker 0's pid once it is ready (a kill before that is a failed boot, not a crash)."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics}/status", timeout=5) as response:
+            workers = orjson.loads(response.read())["workers"]
+        return next((int(w["pid"]) for w in workers if w["slot"] == 0 and w["state"] == "ready"), None)
+
+    for kill in range(1, 6):
+        wait_for(lambda: ready_pid() is not None, 10, f"worker 0 to be ready before kill {kill}")
+        pid = ready_pid()
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        skiff.wait_log(rf"worker 0 \(pid {pid}\) was killed by SIGKILL; respawning")
+    wait_for(lambda: ready_pid() is not None, 10, "worker 0 to be ready before the last kill")
+    held, refused = open_held(listen, 16)
+    try:
+        assert (len(held), refused) == (16, 0)
+        victim = skiff.worker_pid(0)
+        wait_for(lambda: held_by(victim, listen) + held_by(skiff.worker_pid(1), listen) == 16, 5,
+                 "the workers to hold the 16")
+        lost = held_by(victim, listen)
+        assert lost >= 1
+        os.kill(victim, signal.SIGKILL)
+        skiff.wait_log(rf"worker 0 \(pid {victim}\) was killed by SIGKILL; respawning in 1.6 s")
+        served = refused = 0
+        for _ in range(2):  # a batch may land entirely on the dead slot's queue: once more
+            got = knock(listen, min(lost, 8), wait=0.5)
+            served, refused = served + got[0], refused + got[1]
+            if served:
+                break
+        assert refused == 0 and served >= 1, (lost, served, refused)
+    finally:
+        close_all(held)
+    wait_for(lambda: len(skiff.workers()) == 2, 10, "the slot to be respawned")

@@ -49,7 +49,7 @@ def test_v2_v4_round_trip(src: object, dst: object, sport: int, dport: int) -> N
 
 
 def test_counter_table_rows_sum_and_zero() -> None:
-    table = CounterTable(3, capacity=8, buffer=bytearray(4 * 8 * 8))
+    table = CounterTable(3, capacity=8, buffer=bytearray(CounterTable.size(3, 8)))
     table.cell(0, 5).add(2)
     table.cell(2, 5).add(3)
     table.cell(1, 4).add(1)
@@ -58,7 +58,7 @@ def test_counter_table_rows_sum_and_zero() -> None:
     table.set_health(5, HEALTH_DOWN)
     assert not table.cell(0, 5).healthy() and table.cell(0, 4).healthy()
     assert table.total(5) == 5  # the health row is not a count
-    table.zero_row(2)
+    table.retire(2, used=8)
     assert table.total(5) == 2
 
 
@@ -93,7 +93,7 @@ def states(loads: list[int], table: CounterTable) -> list[TargetState]:
 
 
 def test_soft_limit_avoids_targets_above_it_unless_all_are() -> None:
-    table = CounterTable(1, capacity=4, buffer=bytearray(2 * 4 * 8))
+    table = CounterTable(1, capacity=4, buffer=bytearray(CounterTable.size(1, 4)))
     pool = states([5, 9, 1], table)
     rng = random.Random(1)
     picks = {choose(pool, 0.0, rng, soft_limit=5).target.port for _ in range(50)}  # type: ignore[union-attr]
@@ -103,7 +103,7 @@ def test_soft_limit_avoids_targets_above_it_unless_all_are() -> None:
 
 
 def test_max_conns_excludes_full_targets_and_health_down_is_skipped() -> None:
-    table = CounterTable(1, capacity=4, buffer=bytearray(2 * 4 * 8))
+    table = CounterTable(1, capacity=4, buffer=bytearray(CounterTable.size(1, 4)))
     pool = states([3, 2, 0], table)
     rng = random.Random(2)
     table.set_health(2, HEALTH_DOWN)
