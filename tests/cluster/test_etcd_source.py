@@ -25,6 +25,11 @@ from tests.support import PYTHON, ROOT, Echo, can_connect, echo_roundtrip, free_
 CONVERGE = 30.0  # a generous bound on a loaded 2-core machine; latency is a bench figure, not a test
 
 
+def metrics_show(node: Node, line: bytes) -> None:
+    """/metrics is rendered at most once a second (the cache): wait for a render that shows `line`."""
+    wait_for(lambda: line in node.get("/metrics"), 5, f"/metrics to show {line!r}")
+
+
 def put_app(etcd: EtcdCluster, url: str, name: str, ports: list[int], targets: list[str], **extra: Any) -> int:
     key = parse_etcd_url(url).apps_key(name)
     revision: int = etcd.client.call("put", key, orjson.dumps({"Name": name, "Ports": ports, "Targets": targets,
@@ -102,8 +107,8 @@ def test_import_then_put_change_delete_reach_every_node(etcd: EtcdCluster, url: 
             assert not can_connect(port, node.address)
 
     for node in nodes:
+        metrics_show(node, f"skiff_config_source_revision {node.state()['config_source']['revision']:.1f}".encode())
         metrics = node.get("/metrics").decode()
-        assert f"skiff_config_source_revision {node.state()['config_source']['revision']:.1f}" in metrics
         applied = re.search(r"^skiff_config_apply_seconds_count (\S+)", metrics, re.M)
         assert applied is not None and float(applied.group(1)) >= 1  # coalesced: fewer snapshots than changes
 
@@ -146,7 +151,7 @@ def test_one_member_down_changes_nothing_all_down_keeps_serving(etcd: EtcdCluste
     for node in nodes:
         wait_for(lambda n=node: n.state().get("config_source", {}).get("up") is False, CONVERGE,  # type: ignore[misc]
                  f"{node.node_id} to notice etcd is down")
-        assert b"skiff_config_source_up 0.0" in node.get("/metrics")
+        metrics_show(node, b"skiff_config_source_up 0.0")
         for port in (pa, pb):
             assert echo_roundtrip(port, b"still", host=node.address) == b"still"
         assert node.log.count("etcd unreachable") == 1, node.log
@@ -158,7 +163,7 @@ def test_one_member_down_changes_nothing_all_down_keeps_serving(etcd: EtcdCluste
     for node in nodes:
         assert echo_roundtrip(pc, b"c", host=node.address) == b"c"
         assert node.state()["config_source"]["up"] is True
-        assert b"skiff_config_source_up 1.0" in node.get("/metrics")
+        metrics_show(node, b"skiff_config_source_up 1.0")
 
 
 def test_compaction_while_a_node_is_stopped_relists(etcd: EtcdCluster, url: str, echo: Echo,
@@ -246,7 +251,7 @@ def test_an_invalid_document_is_skipped_and_others_still_arrive(etcd: EtcdCluste
     assert not can_connect(pb, node.address)
     skipped = node.state()["config_source"]["skipped"]
     assert skipped == {key: f"{key}: Ports[0]: 70000 is outside 1-65535"}
-    assert b"skiff_config_documents_skipped 1.0" in node.get("/metrics")
+    metrics_show(node, b"skiff_config_documents_skipped 1.0")
     assert node.log.count(f"{key}: Ports[0]: 70000 is outside 1-65535") == 1
 
     bad = tmp_path / "bad.json"
