@@ -66,7 +66,9 @@ def test_a_failed_reload_clears_when_the_file_is_back(start_echo, start_skiff,  
     assert metric(scrape(metrics_port), "skiff_config_last_reload_success") == 1
     write_config(config_path, BROKEN)
     skiff.wait_log("reload failed")
-    assert metric(scrape(metrics_port), "skiff_config_last_reload_success") == 0
+    # /metrics is rendered at most once a second: wait for a render made after the failure.
+    wait_for(lambda: metric(scrape(metrics_port), "skiff_config_last_reload_success") == 0, 5,
+             "the failed reload to show in /metrics")
     assert orjson.loads(fetch(metrics_port, "/status")[1])["last_reload"]["ok"] is False
     write_config(config_path, serving)
     wait_for(lambda: metric(scrape(metrics_port), "skiff_config_last_reload_success") == 1, 10,
