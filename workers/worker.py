@@ -7,7 +7,6 @@ SIGTERM all arrive there. Snapshots are applied between events, so a connection 
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import os
 import random
@@ -23,12 +22,10 @@ import uvloop
 from proxy import failpoints, proxyproto
 from proxy.balancer import TargetState
 from proxy.counters import CounterTable
-from proxy.framing import FrameDecoder, FramingError, encode
 from proxy.logs import log_event
-from proxy.outbox import Outbox
 from proxy.snapshot import Snapshot
 from workers.barrier import CallbackErrors
-from workers.channel import write_some
+from workers.channel import SupervisorChannel
 from workers.connector import Connector
 from workers.fdguard import AcceptGuard
 from workers.health import HealthChecker
@@ -43,7 +40,6 @@ log = logging.getLogger("worker")
 
 EXIT_OK = 0
 EXIT_BOOT_FAILED = 3
-EXIT_CHANNEL_BROKEN = 4
 EXIT_CRASHED = 5
 
 BYTES_FLUSH_INTERVAL = 1.0  # the idle sweep runs at least this often: open connections' bytes reach the table
@@ -63,8 +59,6 @@ class Worker:
         options: WorkerOptions,
     ) -> None:
         self.slot = slot
-        self.channel = channel
-        channel.setblocking(False)
         self.options = options
         self.snapshot = snapshot
         self.table: RoutingTable = build_table(snapshot.version, snapshot.config, None)
@@ -80,8 +74,6 @@ class Worker:
         self.health = HealthChecker(slot, options.counters, resolver) if options.counters is not None else None
         self.resuming: set[asyncio.Task[None]] = set()
         self.connector = Connector(slot, resolver, random.Random(), self.policy)
-        self.decoder = FrameDecoder()
-        self.fds: collections.deque[int] = collections.deque()
         self.incoming: dict[int, socket.socket] = {}  # listening sockets for ports the next snapshot adds
         self.retired: dict[int, AppRoute] = {}  # routes of removed ports, for connections already on their way
         self.control: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
@@ -89,9 +81,7 @@ class Worker:
         self.stopping = False
         self.sigterms = 0
         self.exit_code = EXIT_OK
-        self.outbox = Outbox()
-        self.writing = False  # the loop watches the channel for writability (the outbox is not empty)
-        self.channel_broken = False
+        self.channel = SupervisorChannel(self.loop, channel, slot, self.control.put_nowait, self.begin_stop)
         self.callback_errors = CallbackErrors(slot)
 
     # --- connections ---------------------------------------------------------------------------------
@@ -211,64 +201,8 @@ class Worker:
         return min(max(shortest / 4, 0.05), BYTES_FLUSH_INTERVAL)
 
     # --- the supervisor channel ----------------------------------------------------------------------
-    def send(self, message: dict[str, Any], coalesce: str | None = None) -> None:
-        """Queue a message for the supervisor and write what the socket takes now: never blocks the loop."""
-        if self.channel_broken:
-            return
-        if not self.outbox.push(encode(message), coalesce=coalesce):
-            self.channel_lost(f"the supervisor has not read {self.outbox.size:,} queued bytes")
-            return
-        self.flush_channel()
-
-    def flush_channel(self) -> None:
-        try:
-            empty = write_some(self.channel, self.outbox)
-        except OSError as exc:
-            self.channel_lost(f"cannot write to the supervisor ({exc.strerror or exc})")
-            return
-        if empty and self.writing:
-            self.loop.remove_writer(self.channel.fileno())
-            self.writing = False
-        elif not empty and not self.writing:
-            self.loop.add_writer(self.channel.fileno(), self.flush_channel)
-            self.writing = True
-
-    def channel_lost(self, why: str) -> None:
-        """The supervisor is gone (or stuck past saving): finish what we have within the grace period and leave.
-        Never a forced close: only a repeated signal forces."""
-        if self.channel_broken:
-            return
-        self.channel_broken = True
-        self.loop.remove_reader(self.channel.fileno())
-        if self.writing:
-            self.loop.remove_writer(self.channel.fileno())
-            self.writing = False
-        self.outbox.clear()
-        log_event(log, logging.WARNING, "supervisor_gone", f"{why}; draining", worker=self.slot)
-        self.begin_stop()
-
-    def on_channel_readable(self) -> None:
-        try:
-            data, fds, _flags, _addr = socket.recv_fds(self.channel, 1 << 20, 253, socket.MSG_DONTWAIT)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data, fds = b"", []
-        self.fds.extend(fds)
-        if not data:
-            self.channel_lost("supervisor channel closed")
-            return
-        try:
-            messages = self.decoder.feed(data)
-        except FramingError as exc:
-            log_event(log, logging.ERROR, "channel_error", f"bad frame from supervisor: {exc}", worker=self.slot)
-            os._exit(EXIT_CHANNEL_BROKEN)
-        for message in messages:
-            if message.get("t") == "ping":
-                # Answered here, not behind a snapshot being applied: a ping asks whether the loop turns.
-                self.send({"t": "pong", "n": message.get("n", 0)}, coalesce="pong")
-            else:
-                self.control.put_nowait(message)
+    def send(self, message: dict[str, Any]) -> None:
+        self.channel.send(message)
 
     async def handle_control(self) -> None:
         """Apply the supervisor's messages in order. A failure here leaves routes half-applied: log it once and
@@ -279,7 +213,7 @@ class Worker:
                 kind = message.get("t")
                 if kind == "sockets":
                     for port in message["ports"]:
-                        self.incoming[port] = socket.socket(fileno=self.fds.popleft())
+                        self.incoming[port] = socket.socket(fileno=self.channel.fds.popleft())
                 elif kind == "snapshot":
                     await self.apply_snapshot(message)
                 elif kind == "drain":
@@ -331,7 +265,7 @@ class Worker:
     # --- lifecycle -----------------------------------------------------------------------------------
     async def run(self) -> int:
         self.loop.set_exception_handler(self.callback_errors.handle)
-        self.loop.add_reader(self.channel.fileno(), self.on_channel_readable)
+        self.channel.start()
         self.loop.add_signal_handler(signal.SIGTERM, self.on_sigterm)
         for port, listener in self.listeners.items():
             await serve(listener, self.factory_for(port))
