@@ -1,14 +1,16 @@
-"""The supervisor: forks and watches the workers, owns the listening sockets, applies reloads.
+"""The supervisor: the one wait point, and what it owns — every listening socket, the BPF steering, the serving
+Snapshot and the shared counter table.
 
-One class, one wait point: a selector over the signal wakeup socket, the inotify fd and the worker channels.
-Signal handlers only record the signal (Python writes its number to the wakeup socket); the loop logs, forks,
-reaps and reloads.
+One selector over the signal wakeup socket, the inotify fd, the worker channels, the HTTP server and the config
+source. Signal handlers only record the signal (Python writes its number to the wakeup socket); the loop logs,
+forks, reaps and reloads, each callback behind an exception barrier. The work is split by seam: the workers'
+lives in control/pool.py, reloads in control/reloads.py, hand-overs between supervisors in control/handover.py,
+what people are told in control/status.py.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import selectors
@@ -16,9 +18,9 @@ import signal
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import NoReturn
 
 import setproctitle
 
@@ -27,19 +29,16 @@ from control.handle import WorkerHandle, WorkerState
 from control.handover import Handover, Takeover
 from control.http import HttpError, HttpServer
 from control.notify import Notifier
+from control.pool import WorkerPool, kill
+from control.reloads import Reloader, ReloadStatus
 from control.sockets import ListenError, enable_request_migration
 from control.sources import ConfigSource, FileSource
 from control.status import Observer
 from control.steering import BpfListeners, Listeners, ReuseportListeners
 from control.watcher import ConfigWatcher
-from proxy import failpoints
 from proxy.counters import CellMap, CounterTable
-from proxy.errors import ConfigError
-from proxy.framing import FramingError, encode
 from proxy.logs import log_event
-from proxy.plan import Plan, plan
-from proxy.snapshot import Snapshot, next_snapshot
-from workers.channel import write_some
+from proxy.snapshot import Snapshot
 from workers.worker import EXIT_CRASHED, WorkerOptions, worker_main
 
 log = logging.getLogger("supervisor")
@@ -51,17 +50,8 @@ EXIT_CANNOT_LISTEN = 3
 EXIT_STEERING_FAILED = 4
 EXIT_TAKEOVER_FAILED = 5
 
-MAX_BOOT_FAILURES = 5
-BOOT_BACKOFF_FIRST = 0.1
-BOOT_BACKOFF_MAX = 5.0
-QUICK_CRASH = 10.0  # a ready worker that exits sooner than this after its start counts towards backoff
-RELOAD_QUIET = 0.1  # seconds without file events before a reload
-RELOAD_MAX_DELAY = 1.0  # a steady stream of events still reloads this often
 ACK_TIMEOUT = 5.0  # default: a worker that has not acknowledged a snapshot by then is hung (killed, respawned)
-PING_INTERVAL = 1.0  # liveness: every ready worker is pinged this often...
-PING_MISSES = 3  # ...and one that leaves this many pings in a row unanswered is hung
 KILL_MARGIN = 5.0  # after the grace period, workers that still run are killed
-FDS_PER_MESSAGE = 250  # under the kernel's SCM_MAX_FD (253)
 ERROR_LOG_INTERVAL = 10.0  # at most one traceback per callback per this many seconds
 TAKEOVER_WAIT = 10.0  # how long a committed successor waits for its predecessor to release the BPF lock
 
@@ -84,23 +74,6 @@ class Options:
     source: ConfigSource | None = None  # where the config comes from (default: the file at config_path)
 
 
-@dataclass(slots=True)
-class PendingReload:
-    version: int
-    started: float
-    plan: Plan
-    ports: frozenset[int]
-
-
-@dataclass(slots=True)
-class ReloadStatus:
-    ok: bool = True
-    at: float = field(default_factory=time.time)
-    error: str | None = None
-    reloads: int = 0
-    failures: int = 0
-
-
 class Supervisor:
     def __init__(self, options: Options, snapshot: Snapshot) -> None:
         self.options = options
@@ -113,27 +86,18 @@ class Supervisor:
             BpfListeners(options.bind, options.workers, options.instance, options.bpf_object, options.bpf_pin_root,
                          wait_for_lock=TAKEOVER_WAIT if options.takeover else 0.0)
             if options.steering == "bpf" else ReuseportListeners(options.bind, options.workers))
-        self.handles: dict[int, WorkerHandle] = {}  # slot -> live worker
-        self.by_pid: dict[int, WorkerHandle] = {}
-        self.boot_failures = [0] * options.workers
-        self.quick_crashes = [0] * options.workers  # exits soon after start, in a row, per slot
-        self.respawn_at: dict[int, float] = {}
-        self.spawn_failures = [0] * options.workers  # fork/socketpair failures in a row, per slot
-        self.next_ping: float | None = None
+        self.pool = WorkerPool(self, options.workers)
+        self.handles = self.pool.handles  # slot -> live worker (the pool's own dict, for the observers)
+        self.reloads = Reloader(self)
         self.stop_signals = 0
         self.error_logged: dict[str, float] = {}  # callback name -> when its last traceback was logged
         self.selector = selectors.DefaultSelector()
         self.wake_r, self.wake_w = socket.socketpair()
         self.watcher: ConfigWatcher | None = None
-        self.reload_due: float | None = None
-        self.reload_first_event: float | None = None
-        self.pending: list[PendingReload] = []
-        self.reload_status = ReloadStatus()
         self.announced_ready = False
         self.stopping = False
         self.kill_at: float | None = None
         self.exit_code = EXIT_OK
-        self.worker_restarts = 0
         self.notifier = Notifier.from_environment()  # before any fork: workers must not inherit NOTIFY_SOCKET
         self.http: HttpServer | None = None
         self.observer = Observer(self)
@@ -185,7 +149,7 @@ class Supervisor:
                   f"{self.options.workers} workers, listening on {self.options.bind}, {self.listeners.summary()}",
                   version=self.snapshot.version, workers=self.options.workers)
         for slot in range(self.options.workers):
-            self.spawn(slot)
+            self.pool.spawn(slot)
         self.set_title()
         try:
             self.loop()
@@ -203,9 +167,7 @@ class Supervisor:
 
     # --- the one wait point --------------------------------------------------------------------------
     def loop(self) -> None:
-        while self.handles or not self.stopping or self.respawn_at:
-            if self.stopping and not self.handles:
-                break
+        while not (self.stopping and not self.handles):
             for key, _ in self.selector.select(self.next_timeout()):
                 # An earlier callback of this same batch may have unregistered this one (a reaped worker's
                 # channel): skip what is no longer registered.
@@ -227,10 +189,8 @@ class Supervisor:
                 log.exception("supervisor: %s failed; carrying on", name, extra={"event": "supervisor_error"})
 
     def next_timeout(self) -> float | None:
-        deadlines = [t for t in (self.reload_due, self.kill_at, self.next_ping, self.source.deadline())
-                     if t is not None]
-        deadlines += self.respawn_at.values()
-        deadlines += [p.started + self.options.ack_timeout for p in self.pending]
+        deadlines = [t for t in (self.kill_at, self.source.deadline()) if t is not None]
+        deadlines += self.pool.deadlines() + self.reloads.deadlines()
         if self.http is not None and (deadline := self.http.next_deadline()) is not None:
             deadlines.append(deadline)
         if not deadlines:
@@ -242,56 +202,15 @@ class Supervisor:
         if self.http is not None:
             self.http.expire(now)
         self.source.run_timers(now)
-        for slot, due in list(self.respawn_at.items()):
-            if due <= now and not self.stopping:
-                del self.respawn_at[slot]
-                self.spawn(slot)
-        if self.reload_due is not None and self.reload_due <= now:
-            self.reload_due = self.reload_first_event = None
-            self.reload("file change")
-        for pending in list(self.pending):
-            if pending.started + self.options.ack_timeout <= now:
-                self.ack_deadline_passed(pending)
-        if self.next_ping is not None and self.next_ping <= now:
-            self.ping_workers()
+        self.pool.run_timers(now)
+        self.reloads.run_timers(now)
         if self.kill_at is not None and self.kill_at <= now:
             self.kill_at = None
             for handle in self.handles.values():
                 log_event(log, logging.WARNING, "worker_killed",
                           f"worker {handle.slot} (pid {handle.pid}) still running after the grace period; killing",
                           worker=handle.slot, pid=handle.pid)
-                _kill(handle.pid)
-
-    def ack_deadline_passed(self, pending: PendingReload) -> None:
-        """Workers that have not acknowledged a snapshot in time are hung: kill them (the supervisor keeps their
-        sockets, so what the kernel queued waits for the respawned worker, which starts on the current config)."""
-        self.pending.remove(pending)
-        laggards = [h for h in self.handles.values()
-                    if h.state is WorkerState.READY and h.acked_version < pending.version]
-        for handle in laggards:
-            log_event(log, logging.ERROR, "worker_hung",
-                      f"worker {handle.slot} (pid {handle.pid}) did not acknowledge config v{pending.version} within "
-                      f"{self.options.ack_timeout:g} s; killing it", worker=handle.slot, pid=handle.pid,
-                      version=pending.version)
-            _kill(handle.pid)
-        self.listeners.acknowledged(pending.ports)
-        if not self.pending:
-            self.notifier.ready(f"serving config v{self.snapshot.version} ({self.snapshot.config.summary()})")
-
-    def ping_workers(self) -> None:
-        """Liveness without a reload: a ready worker that leaves PING_MISSES pings unanswered is hung."""
-        self.next_ping = time.monotonic() + PING_INTERVAL
-        for handle in list(self.handles.values()):
-            if handle.state is not WorkerState.READY:
-                continue
-            if handle.unanswered_pings >= PING_MISSES:
-                log_event(log, logging.ERROR, "worker_hung",
-                          f"worker {handle.slot} (pid {handle.pid}) answered none of the last {PING_MISSES} pings "
-                          f"({PING_MISSES * PING_INTERVAL:g} s); killing it", worker=handle.slot, pid=handle.pid)
-                _kill(handle.pid)
-                continue
-            handle.unanswered_pings += 1
-            self.send(handle, {"t": "ping"}, coalesce="ping")
+                kill(handle.pid)
 
     # --- signals -------------------------------------------------------------------------------------
     def on_signals(self) -> None:
@@ -301,7 +220,7 @@ class Supervisor:
             return
         for signum in received:
             if signum == signal.SIGCHLD:
-                self.reap()
+                self.pool.reap()
             elif signum == signal.SIGHUP:
                 self.source.refresh()
                 self.reload("SIGHUP")
@@ -312,48 +231,19 @@ class Supervisor:
             elif signum == signal.SIGUSR2:
                 self.handover.invite()
 
-    # --- workers -------------------------------------------------------------------------------------
-    def spawn(self, slot: int) -> None:
-        """Fork the worker of `slot`; a failed fork (EAGAIN, EMFILE, ENOMEM) is retried with backoff."""
+    # --- what the worker pool asks of the supervisor ---------------------------------------------------
+    def run_child(self, slot: int, channel: socket.socket) -> NoReturn:
+        """The forked child's life: drop what it must not hold, then be the worker of `slot`."""
+        code = EXIT_CRASHED
         try:
-            if failpoints.active("supervisor-fork"):
-                raise OSError(errno.EAGAIN, "failpoint supervisor-fork: fork fails on purpose")
-            parent_end, child_end = socket.socketpair()
-            try:
-                pid = os.fork()
-            except OSError:
-                parent_end.close()
-                child_end.close()
-                raise
-        except OSError as exc:
-            failures = self.spawn_failures[slot] = self.spawn_failures[slot] + 1
-            delay = min(BOOT_BACKOFF_FIRST * 2 ** (failures - 1), BOOT_BACKOFF_MAX)
-            log_event(log, logging.ERROR, "spawn_failed",
-                      f"cannot start worker {slot}: {exc.strerror or exc}; retrying in {delay:.1f} s",
-                      worker=slot, error=str(exc))
-            self.respawn_at[slot] = time.monotonic() + delay
-            return
-        self.spawn_failures[slot] = 0
-        if pid == 0:  # the child
-            code = EXIT_CRASHED
-            try:
-                parent_end.close()
-                self.forget_in_child(slot, child_end)
-                options = WorkerOptions(grace=self.options.grace, steered=self.listeners.steered,
-                                        counters=self.counters)
-                code = worker_main(slot, child_end, self.listeners.for_slot(slot), self.snapshot, options)
-            except BaseException:
-                log.exception("worker %d failed to start", slot, extra={"event": "worker_crashed", "worker": slot})
-            finally:
-                logging.shutdown()
-                os._exit(code)
-        child_end.close()
-        parent_end.setblocking(False)
-        handle = WorkerHandle(slot, pid, parent_end, time.monotonic())
-        self.handles[slot] = handle
-        self.by_pid[pid] = handle
-        self.selector.register(parent_end, selectors.EVENT_READ, lambda: self.on_channel(handle))
-        log_event(log, logging.DEBUG, "worker_spawned", f"worker {slot} spawned (pid {pid})", worker=slot, pid=pid)
+            self.forget_in_child(slot, channel)
+            options = WorkerOptions(grace=self.options.grace, steered=self.listeners.steered, counters=self.counters)
+            code = worker_main(slot, channel, self.listeners.for_slot(slot), self.snapshot, options)
+        except BaseException:
+            log.exception("worker %d failed to start", slot, extra={"event": "worker_crashed", "worker": slot})
+        finally:
+            logging.shutdown()
+            os._exit(code)
 
     def forget_in_child(self, slot: int, child_end: socket.socket) -> None:
         """Drop what the child inherited but must not hold: other slots' sockets, channels, the wait point."""
@@ -367,8 +257,7 @@ class Supervisor:
         self.wake_w.close()
         if self.watcher is not None:
             self.watcher.close()
-        for handle in self.handles.values():
-            handle.channel.close()
+        self.pool.close_in_child()
         self.listeners.close_others_in_child(slot)
         self.handover.forget_in_child()
         if self.takeover is not None:
@@ -381,278 +270,47 @@ class Supervisor:
                 with contextlib.suppress(OSError):
                     os.close(fd)
 
-    def on_channel(self, handle: WorkerHandle) -> None:
-        """Readable or (while the outbox waits) writable: write what waits, then read what came."""
-        if handle.state is WorkerState.EXITED:
-            return
-        if handle.outbox:
-            self.flush(handle)
-        try:
-            data = handle.channel.recv(1 << 20)
-        except (BlockingIOError, TimeoutError):
-            return
-        except OSError:
-            data = b""
-        if not data:
-            try:
-                self.selector.unregister(handle.channel)  # Exited: SIGCHLD does the rest.
-            except (KeyError, ValueError):
-                pass
-            return
-        try:
-            messages = handle.decoder.feed(data)
-        except FramingError as exc:
-            log_event(log, logging.ERROR, "channel_error", f"worker {handle.slot}: {exc}; killing it",
-                      worker=handle.slot)
-            _kill(handle.pid)
-            return
-        for message in messages:
-            self.on_message(handle, message)
+    def worker_ready(self, handle: WorkerHandle) -> None:
+        if not self.announced_ready and self.pool.all_ready():
+            self.announced_ready = True
+            config = self.snapshot.config
+            ports = sorted(config.ports)
+            shown = ", ".join(map(str, ports[:12])) + (f" and {len(ports) - 12:,} more" if len(ports) > 12 else "")
+            log_event(log, logging.INFO, "ready",
+                      f"ready: config v{self.snapshot.version} ({config.summary()}) served by "
+                      f"{len(self.handles)} workers on {self.options.bind} ports {shown}",
+                      version=self.snapshot.version, workers=len(self.handles), ports=len(ports))
+            self.notifier.ready(f"serving config v{self.snapshot.version} ({config.summary()})")
+            if self.takeover is not None:
+                self.takeover.workers_ready()
+        self.reloads.check_pending()
 
-    def on_message(self, handle: WorkerHandle, message: dict[str, Any]) -> None:
-        kind = message.get("t")
-        if kind == "ready":
-            handle.acked_version = int(message["version"])
-            if handle.state is WorkerState.STARTING:
-                handle.move_to(WorkerState.READY)
-            self.boot_failures[handle.slot] = 0
-            if not self.announced_ready and all(h.state is WorkerState.READY for h in self.handles.values()) \
-                    and len(self.handles) == self.options.workers:
-                self.announced_ready = True
-                config = self.snapshot.config
-                ports = sorted(config.ports)
-                shown = ", ".join(map(str, ports[:12])) + (f" and {len(ports) - 12:,} more" if len(ports) > 12 else "")
-                log_event(log, logging.INFO, "ready",
-                          f"ready: config v{self.snapshot.version} ({config.summary()}) served by "
-                          f"{len(self.handles)} workers on {self.options.bind} ports {shown}",
-                          version=self.snapshot.version, workers=len(self.handles), ports=len(ports))
-                self.notifier.ready(f"serving config v{self.snapshot.version} ({config.summary()})")
-                if self.takeover is not None:
-                    self.takeover.workers_ready()
-            self.check_pending()
-            if self.next_ping is None and not self.stopping:
-                self.next_ping = time.monotonic() + PING_INTERVAL
-        elif kind == "pong":
-            handle.unanswered_pings = 0
-        elif kind == "ack":
-            handle.acked_version = max(handle.acked_version, int(message["version"]))
-            self.check_pending()
-
-    def reap(self) -> None:
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            handle = self.by_pid.pop(pid, None)
-            if handle is None:
-                continue
-            self.worker_exited(handle, status)
-
-    def worker_exited(self, handle: WorkerHandle, status: int) -> None:
-        was_ready = handle.state in (WorkerState.READY, WorkerState.DRAINING)
-        handle.move_to(WorkerState.EXITED)
+    def worker_gone(self, handle: WorkerHandle) -> None:
         # Its connections died with it: their counts must not hold other workers' clients at a limit until the
-        # slot is respawned (up to BOOT_BACKOFF_MAX later). Its counters move to the retired row.
+        # slot is respawned (up to the boot backoff later). Its counters move to the retired row.
         self.counters.retire(handle.slot, self.cells.fresh)
-        if self.handles.get(handle.slot) is handle:
-            del self.handles[handle.slot]
-        try:
-            self.selector.unregister(handle.channel)
-        except (KeyError, ValueError):
-            pass
-        for fd in handle.outbox.clear():
-            os.close(fd)
-        handle.channel.close()
-        how = _describe_exit(status)
-        if self.stopping:
-            log_event(log, logging.INFO, "worker_exit", f"worker {handle.slot} (pid {handle.pid}) {how}",
-                      worker=handle.slot, pid=handle.pid)
-            return
-        self.worker_restarts += 1
-        if was_ready:
-            # At once, so what the kernel queued for the slot is served; but a worker that keeps dying soon
-            # after it started (a crash on some connection) is respawned with backoff, not in a tight loop.
-            quick = time.monotonic() - handle.started < QUICK_CRASH
-            crashes = self.quick_crashes[handle.slot] = self.quick_crashes[handle.slot] + 1 if quick else 0
-            delay = 0.0 if crashes <= 1 else min(BOOT_BACKOFF_FIRST * 2 ** (crashes - 2), BOOT_BACKOFF_MAX)
-            log_event(log, logging.WARNING, "worker_exit",
-                      f"worker {handle.slot} (pid {handle.pid}) {how}; respawning"
-                      + (f" in {delay:.1f} s ({crashes} quick exits in a row)" if delay else ""),
-                      worker=handle.slot, pid=handle.pid)
-            if delay:
-                self.respawn_at[handle.slot] = time.monotonic() + delay
-            else:
-                self.spawn(handle.slot)
-            return
-        failures = self.boot_failures[handle.slot] = self.boot_failures[handle.slot] + 1
-        # Giving up is for a supervisor that never served (a broken install); once it has served, it keeps
-        # serving with the workers it has and keeps retrying the missing one.
-        if failures >= MAX_BOOT_FAILURES and not self.announced_ready:
-            message = (f"worker {handle.slot} failed to boot {failures} times in a row (last: {how}); "
-                       "giving up: see the errors above")
-            log_event(log, logging.CRITICAL, "workers_cannot_boot", message, worker=handle.slot)
-            self.exit_code = EXIT_WORKERS_CANNOT_BOOT
-            self.begin_stop("workers cannot boot")
-            return
-        delay = min(BOOT_BACKOFF_FIRST * 2 ** (failures - 1), BOOT_BACKOFF_MAX)
-        log_event(log, logging.WARNING, "worker_boot_failed",
-                  f"worker {handle.slot} (pid {handle.pid}) {how} before it was ready; retrying in {delay:.1f} s",
-                  worker=handle.slot, pid=handle.pid)
-        self.respawn_at[handle.slot] = time.monotonic() + delay
 
-    def send(self, handle: WorkerHandle, message: dict[str, Any], fds: list[int] | None = None,
-             coalesce: str | None = None) -> bool:
-        return self.send_frame(handle, encode(message), fds, coalesce)
-
-    def send_frame(self, handle: WorkerHandle, frame: bytes, fds: list[int] | None = None,
-                   coalesce: str | None = None) -> bool:
-        """Queue a frame for a worker and write what its channel takes now; never blocks the loop. A worker
-        that lets its outbox overflow is not reading: it is hung, and killed (its sockets wait for the next)."""
-        if handle.state is WorkerState.EXITED:
-            return False
-        owned = tuple(os.dup(fd) for fd in fds or ())  # a reload may close ours before the frame goes out
-        if not handle.outbox.push(frame, owned, coalesce):
-            for fd in (*owned, *handle.outbox.clear()):
-                os.close(fd)
-            log_event(log, logging.ERROR, "worker_hung",
-                      f"worker {handle.slot} (pid {handle.pid}) has not read {handle.outbox.size:,} queued bytes; "
-                      "killing it", worker=handle.slot, pid=handle.pid)
-            _kill(handle.pid)
-            return False
-        return self.flush(handle)
-
-    def flush(self, handle: WorkerHandle) -> bool:
-        """Write what the channel takes; watch it for writability while something waits. False when the
-        worker is gone (its exit is handled when it is reaped)."""
-        reachable = True
-        try:
-            empty = write_some(handle.channel, handle.outbox)
-        except OSError:
-            for fd in handle.outbox.clear():
-                os.close(fd)
-            empty, reachable = True, False
-        if empty == handle.writing:
-            handle.writing = not empty
-            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if handle.writing else 0)
-            try:
-                self.selector.modify(handle.channel, events, lambda: self.on_channel(handle))
-            except (KeyError, ValueError):
-                pass  # the channel is no longer registered: the worker exited
-        return reachable
+    def cannot_boot(self, message: str, slot: int) -> None:
+        log_event(log, logging.CRITICAL, "workers_cannot_boot", message, worker=slot)
+        self.exit_code = EXIT_WORKERS_CANNOT_BOOT
+        self.begin_stop("workers cannot boot")
 
     # --- reload --------------------------------------------------------------------------------------
     def on_config_event(self) -> None:
         assert self.watcher is not None
-        if not self.watcher.read():
-            return
-        now = time.monotonic()
-        if self.reload_first_event is None:
-            self.reload_first_event = now
-        self.reload_due = min(now + RELOAD_QUIET, self.reload_first_event + RELOAD_MAX_DELAY)
+        if self.watcher.read():
+            self.reloads.file_changed()
 
     def reload(self, trigger: str) -> None:
-        if self.stopping:
-            return
-        # systemd's reload (ExecReload= sends SIGHUP) waits for READY=1: every SIGHUP is answered with
-        # RELOADING=1 then READY=1, whatever it finds. A file change announces only a change it applies.
-        announce = trigger == "SIGHUP" and self.announced_ready
-        if announce:
-            self.notifier.reloading()
-        current = self.snapshot
-        try:
-            config = self.source.load()
-        except ConfigError as exc:
-            self.reload_failed(trigger, str(exc))
-            if announce:
-                self.ready_again()
-            return
-        new = next_snapshot(current, config)
-        if new is None:
-            level = logging.INFO if trigger == "SIGHUP" else logging.DEBUG
-            log_event(log, level, "reload_unchanged", f"{trigger}: config unchanged, still v{current.version}",
-                      version=current.version)
-            if not self.reload_status.ok:
-                # The file is back to what we serve: the failure is over (an alert on it must resolve).
-                status = self.reload_status
-                self.reload_status = ReloadStatus(True, time.time(), None, status.reloads, status.failures)
-                log_event(log, logging.INFO, "reload_recovered",
-                          f"{trigger}: the file is back to the serving config v{current.version}; "
-                          "last reload ok again", version=current.version)
-            if announce:
-                self.ready_again()
-            return
-        if not announce:
-            self.notifier.reloading()
-        change = plan(current.config, config)
-        settled = min((h.acked_version for h in self.handles.values()), default=current.version)
-        try:
-            cells = self.cells.assign(config, new.version, settled, self.counters.is_zero)
-            added = self.listeners.prepare(change.added_ports)  # Sockets exist before any worker is told.
-        except (ConfigError, ListenError) as exc:
-            self.reload_failed(trigger, str(exc))
-            self.ready_again()
-            return
-        handed = cells.new_cells(self.cells)
-        # A reused cell counts from zero: a new name never inherits old totals (cells never handed out are zero).
-        self.counters.reset([c for c in handed if c < self.cells.fresh])
-        for cell in handed:
-            self.counters.set_health(cell, 0)  # a reused cell starts in rotation, like any new target
-        self.cells = cells
-        new = replace(new, cells=cells.cells, revision=self.source.revision())
-        self.snapshot = new
-        self.pending.append(PendingReload(new.version, time.monotonic(), change, config.ports))
-        frame = encode({"t": "snapshot", "snapshot": new.to_wire()})
-        for handle in list(self.handles.values()):
-            self.send_snapshot(handle, added, frame)
-        # reuseport: our copies of removed ports go now; each worker closes its own after draining its queue.
-        # bpf: the port map follows once every worker knows the new routes (check_pending).
-        self.listeners.told(change.removed_ports)
-        self.reload_status = ReloadStatus(True, time.time(), None, self.reload_status.reloads + 1,
-                                          self.reload_status.failures)
-        self.set_title()
-        log_event(log, logging.DEBUG, "reload_sent", f"{trigger}: config v{new.version} sent ({change.summary()})",
-                  version=new.version)
-        self.check_pending()
+        self.reloads.reload(trigger)
 
-    def send_snapshot(self, handle: WorkerHandle, added: list[int], frame: bytes) -> None:
-        """The new ports' sockets for this worker's slot, then the snapshot (encoded once for every worker)."""
-        for start in range(0, len(added), FDS_PER_MESSAGE):
-            chunk = added[start:start + FDS_PER_MESSAGE]
-            fds = self.listeners.descriptors(handle.slot, chunk)
-            if not self.send(handle, {"t": "sockets", "ports": chunk}, fds):
-                return
-        self.send_frame(handle, frame)
+    @property
+    def reload_status(self) -> ReloadStatus:
+        return self.reloads.status
 
-    def ready_again(self) -> None:
-        """READY=1 after a reload that changed nothing; a reload still waiting for acks sends its own."""
-        if not self.pending:
-            failed = "" if self.reload_status.ok else "; last reload failed"
-            self.notifier.ready(f"serving config v{self.snapshot.version} ({self.snapshot.config.summary()}){failed}")
-
-    def reload_failed(self, trigger: str, error: str) -> None:
-        status = self.reload_status
-        self.reload_status = ReloadStatus(False, time.time(), error, status.reloads, status.failures + 1)
-        log_event(log, logging.ERROR, "reload_failed",
-                  f"{trigger}: reload failed, still serving config v{self.snapshot.version}: {error}",
-                  version=self.snapshot.version, error=error)
-
-    def check_pending(self) -> None:
-        for pending in list(self.pending):
-            # A worker still starting counts once it is ready: it reports the version it serves then.
-            live = list(self.handles.values())
-            if all(h.acked_version >= pending.version for h in live):
-                self.pending.remove(pending)
-                self.listeners.acknowledged(pending.ports)
-                self.source.applied(pending.version)
-                ms = (time.monotonic() - pending.started) * 1000
-                log_event(log, logging.INFO, "reload_applied",
-                          f"config v{pending.version} applied by {len(live)}/{self.options.workers} workers in "
-                          f"{ms:.0f} ms ({pending.plan.summary()})", version=pending.version, ms=round(ms, 1))
-                if not self.pending:
-                    self.notifier.ready(f"serving config v{pending.version} ({self.snapshot.config.summary()})")
+    @property
+    def worker_restarts(self) -> int:
+        return self.pool.restarts
 
     # --- stop ----------------------------------------------------------------------------------------
     def on_stop_signal(self, name: str) -> None:
@@ -660,8 +318,7 @@ class Supervisor:
         self.stop_signals += 1
         if self.stop_signals > 1:
             log_event(log, logging.WARNING, "forced_stop", f"{name} again: killing workers now")
-            for handle in self.handles.values():
-                _kill(handle.pid)
+            self.pool.kill_all()
             self.exit_code = self.exit_code or EXIT_FORCED
             return
         self.begin_stop(name)
@@ -670,9 +327,8 @@ class Supervisor:
         if self.stopping:
             return
         self.stopping = True
-        self.next_ping = None
+        self.pool.stop_respawning()
         self.notifier.stopping()
-        self.respawn_at.clear()
         active = self.active_connections()
         log_event(log, logging.INFO, "stopping",
                   f"{reason}: stopping; draining connections for up to {self.options.grace:g} s"
@@ -680,7 +336,7 @@ class Supervisor:
         for handle in list(self.handles.values()):
             if handle.state is not WorkerState.EXITED:
                 handle.move_to(WorkerState.DRAINING)
-                self.send(handle, {"t": "drain"})
+                handle.channel.send({"t": "drain"})
         # New connections are refused from here on: the program is detached (bpf) and our copies of the
         # listeners go; each worker closes its own once it has taken over what the kernel already queued.
         self.listeners.stop()
@@ -724,21 +380,3 @@ def raise_fd_limit() -> None:
 
 def _record_only(signum: int, frame: object) -> None:
     """The wakeup socket carries the signal number to the loop; nothing else happens in the handler."""
-
-
-def _kill(pid: int) -> None:
-    _signal(pid, signal.SIGKILL)
-
-
-def _signal(pid: int, signum: int) -> None:
-    try:
-        os.kill(pid, signum)
-    except ProcessLookupError:
-        pass
-
-
-def _describe_exit(status: int) -> str:
-    if os.WIFSIGNALED(status):
-        return f"was killed by {signal.Signals(os.WTERMSIG(status)).name}"
-    return f"exited with code {os.waitstatus_to_exitcode(status)}"
-

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import enum
-import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from proxy.framing import FrameDecoder
-from proxy.outbox import Outbox
+from control.channel import WorkerChannel
 
 
 class WorkerState(enum.Enum):
@@ -33,13 +31,10 @@ class IllegalTransition(Exception):
 class WorkerHandle:
     slot: int
     pid: int
-    channel: socket.socket
+    channel: WorkerChannel
     started: float
     state: WorkerState = WorkerState.STARTING
     acked_version: int = 0
-    decoder: FrameDecoder = field(default_factory=FrameDecoder)
-    outbox: Outbox = field(default_factory=Outbox)
-    writing: bool = False  # the selector also waits for the channel to be writable (the outbox is not empty)
     unanswered_pings: int = 0
 
     def move_to(self, state: WorkerState) -> None:
