@@ -348,16 +348,19 @@ def test_pins_go_on_clean_exit_and_a_successor_takes_them_over(
 
     assert steered_before >= 10, "the dialer never succeeded before the kill"
     after_kill = [(t, o) for t, o in outcomes if t >= killed_at]
-    first_ok = next((t for t, o in after_kill if o == "ok"), None)
+    # A dial in the first milliseconds after the SIGKILL may still be served by the dying workers (they finish
+    # what they accepted): the gap starts at the first failure and ends at the first success after it.
+    first_fail = next((t for t, o in after_kill if o != "ok"), killed_at)
+    first_ok = next((t for t, o in after_kill if o == "ok" and t >= first_fail), None)
     assert first_ok is not None, f"no successful attempt after the takeover ({len(after_kill)} attempts)"
-    failed = [o for t, o in after_kill if t < first_ok]
+    failed = [o for t, o in after_kill if first_fail <= t < first_ok]
     kinds = {kind: failed.count(kind) for kind in sorted(set(failed))}
     record_property("takeover_failed_attempts", len(failed))
     record_property("takeover_gap_seconds", round(first_ok - killed_at, 3))
     print(f"\ntakeover gap: {len(failed)} failed attempts {kinds} at one per {DIAL_INTERVAL * 1000:.0f} ms, "
           f"{first_ok - killed_at:.3f} s from SIGKILL to the first success "
           f"(successor started after {ready_at - killed_at:.3f} s)")
-    assert all(o == "ok" for t, o in after_kill if t >= first_ok + 0.1), after_kill
+    assert all(o == "ok" for t, o in after_kill if t >= max(first_ok, ready_at) + 0.1), after_kill
 
     # The successor took the pinned maps over rather than making new ones: the counters kept counting.
     match = STATUS_BPF.search(successor.status(1))

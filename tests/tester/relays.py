@@ -93,19 +93,36 @@ class Relay:
             if self.fault == "sticky"
             else targets[turn % len(targets) :] + targets[: turn % len(targets)]
         )
+        # The tester's clients speak first: keep their first bytes until a target answers, so a target whose
+        # listener closed with this connection still queued (a reset before any answer) is replaced by the next
+        # one, as skiff does for apps with "RetryOnReset".
+        first = await reader.read(65536)
+        answer = b""
         for attempt, target in enumerate(order):
             try:
                 host, tport = split_host_port(target)
                 upstream = await asyncio.wait_for(asyncio.open_connection(host, tport), 2.0)
+                if first:
+                    upstream[1].write(first)
+                    answer = await upstream[0].read(65536)
+                    if not answer:
+                        raise ConnectionResetError("closed before answering")
                 break
             except (OSError, TimeoutError, ValueError) as exc:
                 print(f"relay: {target}: {exc!r}", file=sys.stderr)
+                if upstream is not None:
+                    upstream[1].close()
+                    upstream = None
                 if self.fault == "no_failover" or attempt == len(order) - 1:
                     break
         if upstream is None:
             writer.close()
             return
         up_reader, up_writer = upstream
+        if not first:
+            up_writer.write_eof()
+        elif answer:
+            writer.write(self.corrupted(answer, 0))
         client_done = asyncio.Event()
         await asyncio.gather(
             self.pipe(reader, up_writer, corrupt=False, done=client_done),
@@ -114,12 +131,20 @@ class Relay:
                 writer,
                 corrupt=self.fault == "corrupt",
                 done=None,
+                offset=len(answer),
                 cut=client_done if self.fault == "drop_after_eof" else None,
             ),
             return_exceptions=True,
         )
         for w in (writer, up_writer):
             w.close()
+
+    def corrupted(self, data: bytes, offset: int) -> bytes:
+        """`data` at `offset` of the reply stream, with the byte at CORRUPT_AT flipped (fault "corrupt")."""
+        if self.fault != "corrupt" or not offset <= CORRUPT_AT < offset + len(data):
+            return data
+        i = CORRUPT_AT - offset
+        return data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1 :]
 
     async def pipe(
         self,
@@ -128,8 +153,8 @@ class Relay:
         corrupt: bool,
         done: asyncio.Event | None,
         cut: asyncio.Event | None = None,
+        offset: int = 0,
     ) -> None:
-        offset = 0
         try:
             while True:
                 read = asyncio.ensure_future(reader.read(65536))
@@ -147,9 +172,8 @@ class Relay:
                     if writer.can_write_eof():
                         writer.write_eof()
                     return
-                if corrupt and offset <= CORRUPT_AT < offset + len(data):
-                    i = CORRUPT_AT - offset
-                    data = data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1 :]
+                if corrupt:
+                    data = self.corrupted(data, offset)
                 offset += len(data)
                 writer.write(data)
                 await writer.drain()
