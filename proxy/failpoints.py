@@ -36,6 +36,11 @@ def parse(value: str) -> dict[str, str | None]:
 _POINTS = parse(os.environ.get(ENV, ""))
 
 
+def configured(name: str) -> bool:
+    """True when the environment names `name` at all (it may be switched on later by its file)."""
+    return name in _POINTS
+
+
 def active(name: str) -> bool:
     """True when the failpoint `name` should fail now."""
     if name not in _POINTS:

@@ -13,7 +13,9 @@ import logging
 import time
 from typing import Any
 
+from proxy import failpoints
 from proxy.logs import log_event
+from workers.relay import ClientSide
 
 log = logging.getLogger("worker")
 
@@ -51,3 +53,17 @@ class CallbackErrors:
                       f"{self.unlogged} more connection callbacks failed in the last {LOG_INTERVAL:g} s; each closed "
                       f"its connection only ({self.total} so far)", worker=self.slot)
             self.unlogged = 0
+
+
+class FailingClientSide(ClientSide):
+    """Failpoint `relay-callback`: a relay whose client data callback raises, to prove the barrier above."""
+
+    __slots__ = ()
+
+    def data_received(self, data: bytes) -> None:
+        raise RuntimeError("failpoint relay-callback: a connection callback fails on purpose")
+
+
+def client_side_class() -> type[ClientSide]:
+    """The relay class for the next accepted connection (the failing one only while its failpoint is on)."""
+    return FailingClientSide if failpoints.active("relay-callback") else ClientSide

@@ -24,7 +24,7 @@ from proxy.balancer import TargetState
 from proxy.counters import CounterTable
 from proxy.logs import log_event
 from proxy.snapshot import Snapshot
-from workers.barrier import CallbackErrors
+from workers.barrier import CallbackErrors, client_side_class
 from workers.channel import SupervisorChannel
 from workers.connector import Connector
 from workers.fdguard import AcceptGuard
@@ -86,6 +86,10 @@ class Worker:
 
     # --- connections ---------------------------------------------------------------------------------
     def factory_for(self, port: int) -> Any:
+        if failpoints.configured("relay-callback"):  # tests only: the plain factories below cost nothing extra
+            if self.options.steered:
+                return lambda: client_side_class()(self, None)
+            return lambda: client_side_class()(self, self.route_for(port))
         if self.options.steered:
             return lambda: ClientSide(self, None)  # accepted() finds the route from the socket's local port
         # Looked up at accept time, so a reload's new table applies to the next connection.

@@ -6,13 +6,15 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.support import Skiff, app, echo_roundtrip, free_ports, wait_for, write_config
+from tests.faults.held import hold
+from tests.support import Skiff, app, echo_roundtrip, free_ports, read_all, wait_for, write_config
 
 
 def _get(port: int, path: str) -> int:
@@ -100,3 +102,36 @@ def test_broken_metrics_page_costs_one_request(
     assert _get(metrics, "/healthz") == 200
     assert echo_roundtrip(port) == b"ping"
     skiff.wait_log("failpoint metrics-render: rendering /metrics fails on purpose")
+
+
+def test_a_failing_connection_callback_costs_that_connection_only(
+        start_echo: Callable[[list[int]], Any], start_skiff: Callable[..., Skiff], tmp_path: Path) -> None:
+    """1. skiff -w 1 serves; a client holds a connection. 2. While a failpoint file exists, the data callback of
+    every new connection raises: 30 such clients each lose their own connection (closed, never answered). 3. The
+    worker is the same process, the held connection still echoes, and the log has one traceback (the rest are
+    counted, not logged). 4. The file goes: new clients are served."""
+    flag = tmp_path / "callback-fails"
+    target, port = free_ports(2)
+    start_echo([target])
+    skiff = start_skiff([app("a", [port], [f"127.0.0.1:{target}"])], workers=1,
+                        env={"SKIFF_FAILPOINT": f"relay-callback:{flag}"})
+    worker = skiff.worker_pid(0)
+    held = hold(port, 1)[0]
+    try:
+        flag.touch()
+        for i in range(30):
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                sock.sendall(f"doomed {i}".encode())
+                try:
+                    assert read_all(sock) == b""
+                except ConnectionResetError:
+                    pass
+        held.echo()
+        assert skiff.worker_pid(0) == worker
+        assert skiff.log.count("a connection callback failed") == 1, skiff.log
+        assert skiff.log.count("RuntimeError: failpoint relay-callback") == 1, skiff.log
+        flag.unlink()
+        assert echo_roundtrip(port) == b"ping"
+        held.echo()
+    finally:
+        held.close()
