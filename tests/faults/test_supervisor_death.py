@@ -36,6 +36,26 @@ def _gone(pids: list[int]) -> bool:
     return not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids)
 
 
+def _kill_supervisor_while_held(skiff: Skiff, port: int, count: int, seconds: float,
+                                first: Callable[[], None]) -> None:
+    """Hold `count` connections, do `first`, SIGKILL the supervisor; every held connection must keep echoing for
+    `seconds`, then end in order, and the workers must leave once their connections are done."""
+    workers = [w.pid for w in skiff.workers()]
+    held = hold(port, count)
+    try:
+        first()
+        skiff.proc.send_signal(signal.SIGKILL)
+        skiff.proc.wait(5)
+        _keep_echoing(held, seconds)
+        for h in held:
+            assert h.finish() == b""
+        wait_for(lambda: _gone(workers), 10, "workers to leave once their connections are done")
+    finally:
+        for h in held:
+            h.close()
+        _kill_leftovers(workers)
+
+
 def test_supervisor_killed_costs_no_open_connection(
         start_echo: Callable[[list[int]], Any], start_skiff: Callable[..., Skiff]) -> None:
     """1. skiff -w 2 with --metrics; 6 clients hold connections and echo. 2. SIGKILL the supervisor (the OOM
@@ -44,19 +64,7 @@ def test_supervisor_killed_costs_no_open_connection(
     target, port, metrics = free_ports(3)
     start_echo([target])
     skiff = start_skiff([app("a", [port], [f"127.0.0.1:{target}"])], "--metrics", f"127.0.0.1:{metrics}")
-    workers = [w.pid for w in skiff.workers()]
-    held = hold(port, 6)
-    try:
-        skiff.proc.send_signal(signal.SIGKILL)
-        skiff.proc.wait(5)
-        _keep_echoing(held, 3.0)
-        for h in held:
-            assert h.finish() == b""
-        wait_for(lambda: _gone(workers), 10, "workers to leave once their connections are done")
-    finally:
-        for h in held:
-            h.close()
-        _kill_leftovers(workers)
+    _kill_supervisor_while_held(skiff, port, 6, seconds=3.0, first=lambda: None)
 
 
 def test_drain_then_supervisor_death_does_not_force(
@@ -67,21 +75,12 @@ def test_drain_then_supervisor_death_does_not_force(
     target, port = free_ports(2)
     start_echo([target])
     skiff = start_skiff([app("a", [port], [f"127.0.0.1:{target}"])])
-    workers = [w.pid for w in skiff.workers()]
-    held = hold(port, 4)
-    try:
+
+    def drain_first() -> None:
         skiff.signal(signal.SIGTERM)
         skiff.wait_log("stopping; draining")
-        skiff.proc.send_signal(signal.SIGKILL)
-        skiff.proc.wait(5)
-        _keep_echoing(held, 2.0)
-        for h in held:
-            assert h.finish() == b""
-        wait_for(lambda: _gone(workers), 10, "workers to leave once their connections are done")
-    finally:
-        for h in held:
-            h.close()
-        _kill_leftovers(workers)
+
+    _kill_supervisor_while_held(skiff, port, 4, seconds=2.0, first=drain_first)
 
 
 def test_second_sigterm_forces(start_echo: Callable[[list[int]], Any], start_skiff: Callable[..., Skiff]) -> None:
