@@ -15,6 +15,7 @@ import selectors
 import signal
 import socket
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -128,7 +129,8 @@ class Supervisor:
         self.reload_due: float | None = None
         self.reload_first_event: float | None = None
         self.pending: list[PendingReload] = []
-        self.reload_status = ReloadStatus()
+        self._reload_status = ReloadStatus()
+        self.reload_history: deque[tuple[ReloadStatus, int]] = deque(maxlen=10)  # (outcome, version): status page
         self.announced_ready = False
         self.stopping = False
         self.kill_at: float | None = None
@@ -142,6 +144,15 @@ class Supervisor:
         self.handover = Handover(self.selector, self.listeners)  # our side when a successor takes over from us
         self.takeover = None if options.takeover is None else Takeover(
             options.takeover, self.selector, self.listeners, self.takeover_failed)
+
+    @property
+    def reload_status(self) -> ReloadStatus:
+        return self._reload_status
+
+    @reload_status.setter
+    def reload_status(self, status: ReloadStatus) -> None:
+        self._reload_status = status
+        self.reload_history.append((status, self.snapshot.version))
 
     # --- start ---------------------------------------------------------------------------------------
     def run(self) -> int:
