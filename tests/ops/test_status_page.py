@@ -100,7 +100,7 @@ def test_page_shows_rows_and_a_target_going_down_live(browser: Any, start_echo, 
             app("beta", [ports[1]], [f"127.0.0.1:{second}"])]
     names = ["gamma", "delta", "epsilon", "zeta", "eta", "theta"]
     start_echo(others)
-    apps += [app(n, [p], [f"127.0.0.1:{others[i % 2]}"]) for i, (n, p) in enumerate(zip(names, ports[2:]))]
+    apps += [app(n, [p], [f"127.0.0.1:{others[i % 2]}"]) for i, (n, p) in enumerate(zip(names, ports[2:], strict=True))]
     skiff: Skiff = start_skiff(apps, "--metrics", f"127.0.0.1:{metrics}")
     stream = Events(metrics)
     opened = time.time()
