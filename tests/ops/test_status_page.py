@@ -18,7 +18,7 @@ import orjson
 import pytest
 
 from control.events import MAX_STREAMS
-from control.http import CONNECTION_LIFETIME
+from control.http import CONNECTION_LIFETIME, respond_to
 from tests.support import Skiff, app, echo_roundtrip, free_ports
 
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -191,3 +191,14 @@ def test_streams_have_their_own_cap_and_head_is_answered(start_echo, start_skiff
     finally:
         for s in streams:
             s.close()
+
+
+def test_head_gets_the_head_of_the_get_and_other_methods_405() -> None:
+    def handler(path: str) -> tuple[int, str, bytes]:
+        return (200, "text/plain", b"ok\n") if path == "/healthz" else (404, "text/plain", b"no\n")
+
+    get = respond_to(b"GET /healthz HTTP/1.0\r\n\r\n", handler)
+    head = respond_to(b"HEAD /healthz?x=1 HTTP/1.1\r\nHost: a\r\n\r\n", handler)
+    assert get == head + b"ok\n" and b"Content-Length: 3\r\n" in head and head.endswith(b"\r\n\r\n")
+    assert respond_to(b"HEAD /nope HTTP/1.0\r\n\r\n", handler).startswith(b"HTTP/1.0 404")
+    assert respond_to(b"POST /healthz HTTP/1.0\r\n\r\n", handler).startswith(b"HTTP/1.0 405")
