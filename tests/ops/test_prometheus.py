@@ -137,8 +137,8 @@ def test_prometheus_scrapes_skiff(prometheus, start_echo, start_skiff) -> None: 
         done.append(time.time())
         time.sleep(max(0.0, began + len(done) / 20 - time.time()))  # pacing the load, not synchronisation
     echo_roundtrip(beta, b"ping")
-    wait_for(lambda: server.answers(f'skiff_connections_total{{app="alpha"}} == {len(done)}'), 30,
-             "Prometheus to see every connection")
+    wait_for(lambda: server.answers(f'skiff_connections_total{{app="alpha"}} == {len(done)}')
+             and server.answers('skiff_connections_total{app="beta"} == 1'), 30, "Prometheus to see every connection")
     series = server.query('skiff_connections_total{job="skiff"}')
     assert {s["metric"]["app"]: float(s["value"][1]) for s in series} == {"alpha": len(done), "beta": 1}
     assert {s["metric"]["target"] for s in server.query('skiff_target_up{app="alpha"}')} == {
