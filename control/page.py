@@ -22,7 +22,7 @@ from functools import reduce
 from operator import add
 from typing import TYPE_CHECKING, Any
 
-from proxy.counters import HEALTH_UP, READ_ATTEMPTS, REASONS, RECORD, CellMap, CounterTable, check_outcome
+from proxy.counters import HEALTH_UP, REASONS, RECORD, CellMap, CounterTable, check_outcome
 from proxy.exposition import AppCells
 
 if TYPE_CHECKING:
@@ -39,7 +39,6 @@ CHECK_GRAIN = 10_000  # ms: a target's last-check time alone makes it "changed" 
 class _Target:
     up: bool
     since: float | None  # None: as it was when the supervisor started watching
-    peak: int = 0
 
 
 @dataclass
@@ -208,19 +207,14 @@ class _Scan:
 
     def read(self, table: CounterTable, used: int, full: bool) -> list[tuple[int, int]]:
         view, cap, w = table.view, table.capacity, table.workers
-        for attempt in range(READ_ATTEMPTS):
-            sequence = view[0]
-            if sequence & 1 and attempt < READ_ATTEMPTS - 1:
-                continue  # the supervisor folds only on its own loop, so in practice never seen here
-            regions = [view[b + r * cap:b + r * cap + used].tobytes()
-                       for b in (table.count_base, table.down_base) for r in range(w)]
-            regions += [view[table.health_base:table.health_base + used].tobytes(),
-                        view[table.check_base:table.check_base + used].tobytes()]
-            if full:
-                regions += [view[table._record(r, 0) + f:table._record(r, used):RECORD].tobytes()
-                            for r in range(w + 1) for f in FIELDS]
-            if view[0] == sequence:
-                break
+        # No seqlock retry: the supervisor folds a reaped worker's records on this same loop, never mid-read.
+        regions = [view[b + r * cap:b + r * cap + used].tobytes()
+                   for b in (table.count_base, table.down_base) for r in range(w)]
+        regions += [view[table.health_base:table.health_base + used].tobytes(),
+                    view[table.check_base:table.check_base + used].tobytes()]
+        if full:
+            regions += [view[table._record(r, 0) + f:table._record(r, used):RECORD].tobytes()
+                        for r in range(w + 1) for f in FIELDS]
         before, self.regions, self.check_region = self.regions, regions, 2 * w + 1
         self.views = [memoryview(r).cast("q") for r in regions]
         if len(before) != len(regions):
