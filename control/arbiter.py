@@ -17,7 +17,7 @@ import selectors
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NoReturn
@@ -307,6 +307,11 @@ class Supervisor:
     @property
     def reload_status(self) -> ReloadStatus:
         return self.reloads.status
+
+    @property
+    def reload_history(self) -> Sequence[tuple[ReloadStatus, int]]:
+        """The last reloads' outcomes with the version served after each (the status page shows them)."""
+        return self.reloads.history
 
     @property
     def worker_restarts(self) -> int:

@@ -1,9 +1,11 @@
 """A tiny HTTP/1.0 server for /metrics, /healthz and /status, living in the supervisor's one wait point.
 
 Non-blocking throughout: a slow or silent scraper costs a registered socket, never a stalled supervisor.
-Only GET; one request per connection; bounded request size and lifetime; at most `max_connections` at once
-(the excess is closed as soon as it is accepted, and counted). A path may be answered later (`Deferred`:
-/metrics waits for a render child), the others are answered at once by the handler.
+GET and HEAD (the same head, no body); one request per connection; bounded request size and lifetime; at most
+`max_connections` at once (the excess is closed as soon as it is accepted, and counted). A path may be answered
+later (`Deferred`: /metrics waits for a render child), the others are answered at once by the handler. A
+`Stream` path (/events, control/events.py) takes the socket over once the request is read: it leaves this
+server's lifetime and cap for the stream's own.
 """
 
 from __future__ import annotations
@@ -27,6 +29,20 @@ CONNECTION_LIFETIME = 10.0
 MAX_CONNECTIONS = 64
 REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 500: "Internal Server Error",
            503: "Service Unavailable"}
+
+
+class Stream(Protocol):
+    """A path that takes the connection over once its request is read (server-sent events)."""
+
+    def adopt(self, sock: socket.socket, head_only: bool = False) -> None: ...
+
+    def next_deadline(self) -> float | None: ...
+
+    def expire(self, now: float) -> None: ...
+
+    def close(self) -> None: ...
+
+    def abandon(self) -> None: ...
 
 
 class HttpError(Exception):
@@ -60,6 +76,7 @@ class _Exchange:
     deadline: float
     request: bytes = b""
     response: memoryview | None = None
+    head_only: bool = False  # a HEAD request: the response's head is sent, not its body
 
 
 def render(status: int, content_type: str, body: bytes) -> bytes:
@@ -68,15 +85,25 @@ def render(status: int, content_type: str, body: bytes) -> bytes:
     return head.encode() + body
 
 
+def request_method(request: bytes) -> str:
+    return request.split(b" ", 1)[0].decode("latin-1")
+
+
 def request_path(request: bytes) -> str | bytes:
-    """Pure: the path a request asks for, or the whole error response when it is not a GET we can answer."""
+    """Pure: the path a request asks for, or the whole error response when it is not a GET or HEAD we answer."""
     line = request.split(b"\r\n", 1)[0].decode("latin-1")
     parts = line.split()
     if len(parts) != 3 or not parts[2].startswith("HTTP/"):
         return render(400, "text/plain", b"bad request\n")
-    if parts[0] != "GET":
-        return render(405, "text/plain", b"only GET\n")
+    if parts[0] not in ("GET", "HEAD"):
+        return render(405, "text/plain", b"only GET and HEAD\n")
     return parts[1].split("?", 1)[0]
+
+
+def head_only(response: bytes) -> bytes:
+    """The head of a response (its Content-Length still the body's, as HEAD wants)."""
+    end = response.find(b"\r\n\r\n")
+    return response if end < 0 else response[:end + 4]
 
 
 def respond_to(request: bytes, handler: Handler) -> bytes:
@@ -85,15 +112,17 @@ def respond_to(request: bytes, handler: Handler) -> bytes:
     if isinstance(path, bytes):
         return path
     try:
-        return render(*handler(path))
+        response = render(*handler(path))
     except Exception:
         log.exception("http: GET %s failed", path, extra={"event": "http_error"})
-        return render(500, "text/plain", b"internal error: see the supervisor's log\n")
+        response = render(500, "text/plain", b"internal error: see the supervisor's log\n")
+    return head_only(response) if request_method(request) == "HEAD" else response
 
 
 class HttpServer:
     def __init__(self, address: str, selector: selectors.BaseSelector, handler: Handler,
-                 deferred: Mapping[str, Deferred] | None = None, max_connections: int = MAX_CONNECTIONS) -> None:
+                 deferred: Mapping[str, Deferred] | None = None, max_connections: int = MAX_CONNECTIONS,
+                 streams: Mapping[str, Stream] | None = None) -> None:
         host, port = parse_address(address)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.listener = socket.socket(family, socket.SOCK_STREAM)
@@ -108,6 +137,7 @@ class HttpServer:
         self.selector = selector
         self.handler = handler
         self.deferred = dict(deferred or {})
+        self.streams = dict(streams or {})
         self.max_connections = max_connections
         self.rejected = 0  # connections closed at once: max_connections were open
         self.exchanges: set[_Exchange] = set()
@@ -145,8 +175,12 @@ class HttpServer:
             return
         self.selector.unregister(exchange.sock)  # nothing more to read; registered again to write the answer
         path = request_path(exchange.request)
+        exchange.head_only = request_method(exchange.request) == "HEAD"
         if isinstance(path, bytes):
             self.respond(exchange, path)
+        elif path in self.streams:
+            self.exchanges.discard(exchange)  # the stream's now: its own cap, no lifetime
+            self.streams[path].adopt(exchange.sock, exchange.head_only)
         elif path in self.deferred:
             self.deferred[path].request(functools.partial(self.respond, exchange))
         else:
@@ -155,7 +189,7 @@ class HttpServer:
     def respond(self, exchange: _Exchange, response: bytes) -> None:
         if exchange not in self.exchanges:
             return  # gone while its answer was being made (expired, or the client left)
-        exchange.response = memoryview(response)
+        exchange.response = memoryview(head_only(response) if exchange.head_only else response)
         self.selector.register(exchange.sock, selectors.EVENT_WRITE, lambda e=exchange: self.on_writable(e))
         self.on_writable(exchange)
 
@@ -181,29 +215,33 @@ class HttpServer:
                 pass  # waiting for a deferred answer: not registered
             exchange.sock.close()
 
+    def timed(self) -> list[Deferred | Stream]:
+        return [*self.deferred.values(), *self.streams.values()]
+
     def expire(self, now: float) -> None:
-        for deferred in self.deferred.values():
+        for deferred in self.timed():
             deferred.expire(now)
         for exchange in [e for e in self.exchanges if e.deadline <= now]:
             self.finish(exchange)
 
     def next_deadline(self) -> float | None:
         deadlines = [e.deadline for e in self.exchanges]
-        deadlines += [d for deferred in self.deferred.values() if (d := deferred.next_deadline()) is not None]
+        deadlines += [d for deferred in self.timed()
+                      if (d := deferred.next_deadline()) is not None]
         return min(deadlines, default=None)
 
     def abandon(self) -> None:
         """In a forked child: close our copies without touching the (shared) selector."""
         for exchange in self.exchanges:
             exchange.sock.close()
-        for deferred in self.deferred.values():
+        for deferred in self.timed():
             deferred.abandon()
         self.listener.close()
 
     def close(self) -> None:
         for exchange in list(self.exchanges):
             self.finish(exchange)
-        for deferred in self.deferred.values():
+        for deferred in self.timed():
             deferred.close()
         try:
             self.selector.unregister(self.listener)

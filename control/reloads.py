@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -55,9 +56,19 @@ class Reloader:
     def __init__(self, supervisor: Supervisor) -> None:
         self.supervisor = supervisor
         self.pending: list[PendingReload] = []
-        self.status = ReloadStatus()
+        self._status = ReloadStatus()
+        self.history: deque[tuple[ReloadStatus, int]] = deque(maxlen=10)  # (outcome, version served after it)
         self.due: float | None = None  # a file change waits for a quiet period...
         self.first_event: float | None = None  # ...but not forever
+
+    @property
+    def status(self) -> ReloadStatus:
+        return self._status
+
+    @status.setter
+    def status(self, status: ReloadStatus) -> None:
+        self._status = status
+        self.history.append((status, self.supervisor.snapshot.version))
 
     # --- triggers ------------------------------------------------------------------------------------
     def file_changed(self) -> None:

@@ -1,4 +1,5 @@
-"""What the supervisor tells people about itself: /metrics, /healthz, /status and the SIGUSR1 status line.
+"""What the supervisor tells people about itself: /metrics, /healthz, /status, the status page (/ and /events,
+control/page.py and control/events.py) and the SIGUSR1 status line.
 
 Reads the supervisor's state; changes none of it. psutil observes the workers here (RSS, CPU); it never drives
 control flow. Per-app figures come from the shared counter table (proxy/counters.py): /status reads the few
@@ -7,16 +8,21 @@ columns it shows on the loop; /metrics is rendered in a child (control/metrics.p
 
 from __future__ import annotations
 
+import datetime
 import selectors
+import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
 import psutil
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from control.events import MAX_STREAMS, EventStream
 from control.handle import WorkerState
 from control.http import MAX_CONNECTIONS, HttpServer, render
 from control.metrics import Job, MetricsCache
+from control.page import PageModel
 from proxy import failpoints
 from proxy.counters import CellMap
 from proxy.exposition import TOTAL, AppCells, ProcessInfo, current_apps, listing, status_apps
@@ -25,28 +31,43 @@ from proxy.exposition import render as render_metrics
 if TYPE_CHECKING:
     from control.arbiter import Supervisor
 
+PAGE = Path(__file__).with_name("page.html")
+
+
+def rfc3339(epoch: float) -> str:
+    return datetime.datetime.fromtimestamp(epoch, datetime.UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z")
+
 
 class Observer:
     def __init__(self, supervisor: Supervisor) -> None:
         self.supervisor = supervisor
         self.metrics: MetricsCache | None = None
         self.http: HttpServer | None = None
+        self.events: EventStream | None = None
+        self.page = b""
         self.listed: tuple[CellMap | None, list[AppCells]] = (None, [])  # current_apps of the last cell map
 
     def serve(self, address: str, selector: selectors.BaseSelector,
-              max_connections: int = MAX_CONNECTIONS) -> HttpServer:
+              max_connections: int = MAX_CONNECTIONS, max_streams: int = MAX_STREAMS) -> HttpServer:
         """The HTTP server in the supervisor's wait point (raises HttpError when it cannot listen)."""
+        self.page = PAGE.read_bytes()
         self.metrics = MetricsCache(selector, self.metrics_job)
-        self.http = HttpServer(address, selector, self.serve_http, {"/metrics": self.metrics}, max_connections)
+        self.events = EventStream(selector, PageModel(self.supervisor, self.current_apps), max_streams)
+        self.http = HttpServer(address, selector, self.serve_http, {"/metrics": self.metrics}, max_connections,
+                               {"/events": self.events})
+        self.events.start(time.monotonic())
         return self.http
 
     def serve_http(self, path: str) -> tuple[int, str, bytes]:
         if path == "/healthz":
             problem = self.health_problem()
             return (503, "text/plain", f"unhealthy: {problem}\n".encode()) if problem else (200, "text/plain", b"ok\n")
+        if path in ("/", "/index.html"):
+            return 200, "text/html; charset=utf-8", self.page
         if path == "/status":
             return 200, "application/json", orjson.dumps(self.status(), option=orjson.OPT_INDENT_2)
-        return 404, "text/plain", b"not found: try /metrics, /healthz or /status\n"
+        return 404, "text/plain", b"not found: try /, /metrics, /healthz or /status\n"
 
     def health_problem(self) -> str | None:
         """None when every worker slot serves the current version, else why not."""
@@ -126,12 +147,16 @@ class Observer:
             "healthy": self.health_problem() is None,
             "steering": s.options.steering,
             "bpf": info.steering or None,
-            "last_reload": {"ok": status.ok, "at": status.at, "error": status.error, "reloads": status.reloads,
-                            "failures": status.failures},
+            "time": rfc3339(time.time()),
+            "last_reload": {"ok": status.ok, "at": status.at, "at_rfc3339": rfc3339(status.at),
+                            "error": status.error, "reloads": status.reloads, "failures": status.failures},
             "worker_restarts": s.worker_restarts,
             "config_source": s.source.status(),
             "metrics_renders": info.metrics_renders,
             "http_rejected": info.http_rejected,
+            "status_page": None if self.events is None else {
+                "viewers": len(self.events.viewers), "rejected": self.events.rejected,
+                "dropped": self.events.dropped},
             "workers": [
                 {"slot": h.slot, "pid": h.pid, "state": h.state.value, "version": h.acked_version,
                  "rss_bytes": usage.get(h.slot, (0.0, 0.0))[0], "cpu_seconds": usage.get(h.slot, (0.0, 0.0))[1]}

@@ -11,6 +11,8 @@ ones too) inherits the same pages; pages are only touched when used, so it is si
     records   (workers + 1) x cap x RECORD   monotonic counters; row `workers` is the retired row
               app cell:    total failed failovers refused bytes_in bytes_out connect_ns buckets[BUCKETS]
               target cell: connects, then failed connects by reason (REASONS)
+    checks    1 x cap         last active check of the target: epoch ms << 4 | outcome (0 passed, else 1 +
+                              its REASONS index), 0 when never checked (written by the worker that checks it)
 
 Row r of count, down and records is written only by worker r, the retired row only by the supervisor: one
 writer per cell needs no lock and no atomic instruction, and a reader summing a column may be a few events
@@ -126,13 +128,14 @@ class CounterTable:
         self.health_base = self.count_base + workers * capacity
         self.down_base = self.health_base + capacity
         self.record_base = self.down_base + workers * capacity
+        self.check_base = self.record_base + (workers + 1) * capacity * RECORD
         self.buffer = buffer if buffer is not None else mmap.mmap(-1, self.size(workers, capacity))  # shared
         self.raw = memoryview(self.buffer)  # bytes, for the supervisor's whole-row operations
         self.view = self.raw.cast("q")
 
     @staticmethod
     def size(workers: int, capacity: int = CAPACITY) -> int:
-        return (HEADER + (2 * workers + 1) * capacity + (workers + 1) * capacity * RECORD) * 8
+        return (HEADER + (2 * workers + 2) * capacity + (workers + 1) * capacity * RECORD) * 8
 
     # --- gauges, health: read on the data path -------------------------------------------------------
     def total(self, index: int) -> int:
@@ -146,6 +149,14 @@ class CounterTable:
 
     def set_health(self, index: int, verdict: int) -> None:
         self.view[self.health_base + index] = verdict
+
+    def set_checked(self, index: int, epoch: float, failure: str | None) -> None:
+        outcome = 0 if failure is None else 1 + REASONS.index(_reason(failure))
+        self.view[self.check_base + index] = int(epoch * 1000) << 4 | outcome
+
+    def checks(self, used: int) -> list[int]:
+        """The checks row of cells [0, used) as written (see check_outcome)."""
+        return self.view[self.check_base:self.check_base + used].tolist()
 
     # --- a worker's handles on its own row -----------------------------------------------------------
     def cell(self, slot: int, index: int) -> Cell:
@@ -189,6 +200,7 @@ class CounterTable:
                 view[start:start + RECORD] = zero
             for row in range(self.workers):
                 view[self.down_base + row * self.capacity + cell] = 0
+            view[self.check_base + cell] = 0
         view[0] += 1
 
     def read(self, used: int, fields: tuple[int, ...] | None = None) -> Reading:
@@ -251,6 +263,14 @@ class Cell:
 
     def set_down(self, down: bool) -> None:
         self.view[self.down] = 1 if down else 0
+
+
+def check_outcome(value: int) -> tuple[float, str | None] | None:
+    """Pure: a checks-row value as (epoch seconds, None when it passed or the reason it failed)."""
+    if not value:
+        return None
+    code = value & 15
+    return (value >> 4) / 1000, None if code == 0 else REASONS[code - 1]
 
 
 def cell_keys(config: Config) -> list[str]:

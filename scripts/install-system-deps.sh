@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs the Debian packages skiff needs, only when something is missing: clang/llvm and libbpf-dev build the
 # BPF program, libbpf1 loads it, iptables and iproute2 serve the tests (blackholed targets, network namespaces),
-# etcd-server and etcd-client are the clustered config source (and its tests' 3-member cluster).
+# etcd-server and etcd-client are the clustered config source (and its tests' 3-member cluster); chromium and
+# chromium-driver drive the status page's browser test (selenium), prometheus (with promtool) scrapes skiff in a
+# test and checks the shipped alert rules.
 set -euo pipefail
 
 missing=()
@@ -13,6 +15,9 @@ command -v iptables >/dev/null 2>&1 || missing+=(iptables)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
 command -v etcdctl >/dev/null 2>&1 || missing+=(etcd-client)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+[ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
+command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
@@ -21,7 +26,7 @@ if [ "$(id -u)" -ne 0 ]; then
   echo "skiff needs these Debian packages: ${missing[*]} (run as root, or: sudo apt-get install ${missing[*]})" >&2
   exit 1
 fi
-echo "installing (missing: ${missing[*]}): clang llvm libbpf-dev libbpf1 iptables iproute2 etcd-server etcd-client"
+echo "installing (missing: ${missing[*]})"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
-apt-get install -y -qq --no-install-recommends clang llvm libbpf-dev libbpf1 iptables iproute2 etcd-server etcd-client >/dev/null
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

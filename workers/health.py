@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -71,6 +72,8 @@ class HealthChecker:
         while True:
             started = self.loop.time()
             error = await self.probe(spec.target, check.timeout)
+            if error != "fds":
+                self.counters.set_checked(spec.cell, time.time(), error)  # the status page's "last check"
             if error is None:
                 passes, failures = passes + 1, 0
             elif error != "fds":  # out of descriptors says nothing about the target

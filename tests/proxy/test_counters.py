@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.config import parse_document
-from proxy.counters import BUCKETS, HEALTH_DOWN, RECORD, CellMap, CounterTable, Reading
+from proxy.counters import BUCKETS, HEALTH_DOWN, RECORD, CellMap, CounterTable, Reading, check_outcome
 from proxy.exposition import AppCells, ProcessInfo, current_apps, listing, render, status_apps
 
 
@@ -143,3 +143,19 @@ def test_an_empty_reading_renders_the_process_metrics() -> None:
     text = render([], reading, ProcessInfo()).decode()
     names = {f.name for f in text_string_to_metric_families(text)}
     assert {"skiff_config_version", "skiff_workers", "skiff_metrics_renders", "skiff_connections"} <= names
+
+
+def test_the_checks_row_keeps_the_last_check_apart_from_the_records_and_resets_with_the_cell() -> None:
+    """The status page's "last check": time and outcome per target, in its own row past the records."""
+    t = table(capacity=16)
+    t.app_stats(2, 15).buckets[BUCKETS - 1] += 9  # the retired row's last int64, just before the checks row
+    assert t.checks(16) == [0] * 16
+    assert check_outcome(0) is None
+    t.set_checked(4, 1_800_000_000.25, None)
+    t.set_checked(5, 1_800_000_001.5, "timeout")
+    t.set_checked(6, 1_800_000_002.0, "no such reason")  # counted as "error", like the failure counters
+    assert [check_outcome(v) for v in t.checks(7)[4:]] == [(1_800_000_000.25, None), (1_800_000_001.5, "timeout"),
+                                                        (1_800_000_002.0, "error")]
+    assert t.read(16).record(15)[-1] == 9
+    t.reset([5])
+    assert t.checks(7)[4:] != [0, 0, 0] and t.checks(7)[5] == 0
