@@ -707,7 +707,8 @@ class Supervisor:
 
     def set_title(self) -> None:
         setproctitle.setproctitle(
-            f"skiff: supervisor (config v{self.snapshot.version}, {self.options.workers} workers)")
+            f"skiff: supervisor (config v{self.snapshot.version}, {self.options.workers} workers) "
+            f"instance {self.options.instance}")
 
 
 def raise_fd_limit() -> None:

@@ -511,3 +511,28 @@ def test_ipv4_bind_leaves_ipv6_on_its_ports_to_others(scene: Scene, netns: Netns
     assert netns.run(_ipv6_listener_gets, 9999, 5) == 5
     name, echoed = scene.ns.roundtrip(9999, b"v4")
     assert (name.split("-")[0], echoed) == ("bravo", b"v4")
+
+
+def test_another_instance_on_steered_ports_refuses(scene: Scene) -> None:
+    """A second instance whose config shares a port with a running instance's pinned port map refuses.
+
+    1. Start instance A (bpf) serving APPS. 2. Start instance B (bpf, same pin root) on 9999 only: it exits 3
+       with one line naming A's instance and port 9999; A still serves 9999. 3. B in reuseport mode refuses
+       the same way (A's program would steal its connections).
+    """
+    scene.targets()
+    write_config(scene.config, APPS)
+    first = scene.supervisor()
+    other = scene.config.with_name("other.json")
+    write_config(other, [("other", [9999], ["127.0.0.1:21003"])])
+    for steering in ("bpf", "reuseport"):
+        argv = bpf_args(f"{scene.instance}-b", scene.pin_root, scene.obj, 1)
+        argv[1] = steering
+        done = subprocess.run(scene.ns.command(PYTHON, str(REPO / "supervisor.py"), "-c", str(other), *argv),
+                              cwd=REPO, capture_output=True, text=True, timeout=60)
+        output = (done.stdout + done.stderr).strip()
+        assert done.returncode == 3, output
+        assert len(output.splitlines()) == 1 and "Traceback" not in output, output
+        assert f"ports 9999 are already steered by skiff instance '{scene.instance}'" in output, output
+    assert served(scene, 9999, b"still ours") == "bravo"
+    scene.stop_cleanly(first)
