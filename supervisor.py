@@ -3,6 +3,7 @@
     python supervisor.py [-c CONFIG | -c etcd://HOST:PORT[,...]/PREFIX] [--config-cache PATH] [-w N] [--check]
                          [--grace SECONDS] [--log-format text|json] [--log-level LEVEL] [--bind ADDRESS]
                          [--steering reuseport|bpf|auto] [--instance NAME] [--takeover PID] [--share-ports]
+                         [--fd-store]
 """
 
 from __future__ import annotations
@@ -115,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--share-ports", action="store_true",
                         help="start even when another skiff (or another process of this user) already serves "
                              "these ports; without it skiff refuses, naming the other one")
+    parser.add_argument("--fd-store", action="store_true",
+                        help="under systemd (FileDescriptorStoreMax= set): keep the listening sockets in systemd's "
+                             "descriptor store, so `systemctl restart` refuses no connection")
     parser.add_argument("--bpf-object", type=Path, default=DEFAULT_OBJECT, help=argparse.SUPPRESS)
     parser.add_argument("--bpf-pin-root", type=Path, default=Path("/sys/fs/bpf"), help=argparse.SUPPRESS)
     return parser
@@ -186,7 +190,7 @@ def serve(args: argparse.Namespace, log: logging.Logger, config: Config, source:
                       watch=args.watch, steering=steering.mode, instance=args.instance,
                       bpf_object=args.bpf_object, bpf_pin_root=args.bpf_pin_root, metrics=args.metrics,
                       metrics_max_connections=args.metrics_max_connections, takeover=args.takeover,
-                      ack_timeout=args.ack_timeout, source=source)
+                      ack_timeout=args.ack_timeout, source=source, fd_store=args.fd_store)
     return Supervisor(options, replace(first_snapshot(config), revision=revision)).run()
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import setproctitle
 
 from bpf.errors import SteeringError
+from control.fdstore import FdStore, keep_for_restart, names_for
 from control.handle import WorkerHandle, WorkerState
 from control.handover import Handover, Takeover
 from control.http import HttpError, HttpServer
@@ -82,6 +83,7 @@ class Options:
     takeover: int | None = None  # pid of a running supervisor to take over from (zero-gap restart)
     ack_timeout: float = ACK_TIMEOUT  # seconds a worker has to acknowledge a snapshot before it counts as hung
     source: ConfigSource | None = None  # where the config comes from (default: the file at config_path)
+    fd_store: bool = False  # keep the listening sockets in systemd's descriptor store (control/fdstore.py)
 
 
 @dataclass(slots=True)
@@ -109,10 +111,12 @@ class Supervisor:
         self.counters = CounterTable(options.workers)
         self.cells = CellMap().assign(snapshot.config, snapshot.version, snapshot.version, self.counters.is_zero)
         self.snapshot = replace(snapshot, cells=self.cells.cells)
+        # systemd's descriptor store hook (control/fdstore.py): sockets kept across a restart are adopted.
+        self.fdstore = FdStore.from_environment(options.fd_store)
         self.listeners: Listeners = (
             BpfListeners(options.bind, options.workers, options.instance, options.bpf_object, options.bpf_pin_root,
-                         wait_for_lock=TAKEOVER_WAIT if options.takeover else 0.0)
-            if options.steering == "bpf" else ReuseportListeners(options.bind, options.workers))
+                         wait_for_lock=TAKEOVER_WAIT if options.takeover else 0.0, inherited=self.fdstore.inherited)
+            if options.steering == "bpf" else ReuseportListeners(options.bind, options.workers, self.fdstore.inherited))
         self.handles: dict[int, WorkerHandle] = {}  # slot -> live worker
         self.by_pid: dict[int, WorkerHandle] = {}
         self.boot_failures = [0] * options.workers
@@ -159,6 +163,7 @@ class Supervisor:
         except SteeringError as exc:
             log_event(log, logging.ERROR, "steering_failed", str(exc), error=str(exc))
             return EXIT_STEERING_FAILED
+        self.fdstore.sync(names_for(self.listeners))  # fdstore hook
         problem = enable_request_migration()
         if problem:
             log_event(log, logging.WARNING, "migrate_req_off",
@@ -610,6 +615,7 @@ class Supervisor:
         # reuseport: our copies of removed ports go now; each worker closes its own after draining its queue.
         # bpf: the port map follows once every worker knows the new routes (check_pending).
         self.listeners.told(change.removed_ports)
+        self.fdstore.sync(names_for(self.listeners))  # fdstore hook
         self.reload_status = ReloadStatus(True, time.time(), None, self.reload_status.reloads + 1,
                                           self.reload_status.failures)
         self.set_title()
@@ -681,6 +687,7 @@ class Supervisor:
             if handle.state is not WorkerState.EXITED:
                 handle.move_to(WorkerState.DRAINING)
                 self.send(handle, {"t": "drain"})
+        keep_for_restart(self.fdstore, self.listeners)  # fdstore hook: a systemd restart keeps sockets and pins
         # New connections are refused from here on: the program is detached (bpf) and our copies of the
         # listeners go; each worker closes its own once it has taken over what the kernel already queued.
         self.listeners.stop()
@@ -695,6 +702,7 @@ class Supervisor:
             self.http.close()
         self.handover.close()
         self.notifier.close()
+        self.fdstore.close()
         self.source.close()
         self.listeners.stop()
         if self.watcher is not None:
