@@ -49,10 +49,12 @@ def test_reload_without_edit_config_leaves_the_file_alone(config: Path, relay: R
     assert (after.st_ino, after.st_mode, after.st_mtime_ns) == (before.st_ino, before.st_mode, before.st_mtime_ns)
 
 
-def test_edit_config_keeps_every_field_and_restores_bytes_and_mode(config: Path, relay: RelayFactory) -> None:
+def test_edit_config_keeps_every_field_and_restores_bytes_and_mode(config: Path, relay: RelayFactory,
+                                                                   tmp_path: Path) -> None:
     """1. reload --edit-config on a file with limits, checks and PROXY settings, mode 0640. 2. While it runs,
     every version of the file keeps those fields and the mode. 3. It passes, and afterwards the file has its
-    original bytes and mode."""
+    original bytes and mode. 4. The report's timeline marks the rewrite and the applied reload, and its
+    headline says when the reload was applied."""
     data = enrich(config)
     relay(None)
     seen: list[tuple[bytes, int]] = []
@@ -70,7 +72,7 @@ def test_edit_config_keeps_every_field_and_restores_bytes_and_mode(config: Path,
     watcher.start()
     try:
         result = run_tester("reload", "-c", str(config), "--spawn-targets", "--duration", "2", "--edit-config",
-                            "--concurrency", "8", "--timeout", "3")
+                            "--concurrency", "8", "--timeout", "3", "--json", str(tmp_path / "report.json"))
     finally:
         done.set()
         watcher.join(5)
@@ -83,6 +85,10 @@ def test_edit_config_keeps_every_field_and_restores_bytes_and_mode(config: Path,
     assert {mode for _, mode in seen} == {0o640}
     assert config.read_bytes() == data
     assert config.stat().st_mode & 0o777 == 0o640
+    document = orjson.loads((tmp_path / "report.json").read_bytes())
+    assert [m["label"] for m in document["marks"]] == ["config rewritten", "reload applied"]
+    assert document["timeline"] and "reload applied after" in document["headline"]
+    assert document["spawned_targets"], "the targets the run served, kept after they stopped"
 
 
 def test_ctrl_c_during_reload_restores_the_file(config: Path, relay: RelayFactory) -> None:
