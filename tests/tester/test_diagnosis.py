@@ -50,3 +50,19 @@ def test_dead_app_says_no_target_reachable(config: Path, relay: RelayFactory, tm
     diagnosis = str(found["smoke.diagnosis"]["message"])
     assert "app beta: none of 3 connections completed" in diagnosis
     assert "no target reachable (" in diagnosis and "refused" in diagnosis
+
+
+def test_a_busy_target_address_names_the_likely_culprit(config: Path) -> None:
+    """A target address already in use (say, `make run`'s demo targets): exit 2, one line with a hint."""
+    import socket
+
+    target = orjson.loads(config.read_bytes())["Apps"][0]["Targets"][0]
+    host, port = target.rsplit(":", 1)
+    with socket.socket() as busy:
+        busy.bind((host, int(port)))
+        busy.listen()
+        result = run_tester("smoke", "-c", str(config), "--spawn-targets", "--connections", "1")
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"cannot serve target {target}" in lines[0], result.stderr
+    assert "make run" in lines[0] and "Traceback" not in result.stderr
