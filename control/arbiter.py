@@ -37,7 +37,7 @@ from proxy import failpoints
 from proxy.counters import CellMap, CounterTable
 from proxy.errors import ConfigError
 from proxy.framing import FramingError, encode
-from proxy.logs import log_event
+from proxy.logs import log_event, plural
 from proxy.plan import Plan, plan
 from proxy.snapshot import Snapshot, next_snapshot
 from workers.channel import write_some
@@ -187,7 +187,8 @@ class Supervisor:
                           f"cannot watch {self.options.config_path} for changes ({exc}); SIGHUP still reloads")
         log_event(log, logging.INFO, "start",
                   f"starting: config v{self.snapshot.version} ({self.snapshot.config.summary()}), "
-                  f"{self.options.workers} workers, listening on {self.options.bind}, {self.listeners.summary()}",
+                  f"{plural(self.options.workers, 'worker')}, listening on {self.options.bind}, "
+                  f"{self.listeners.summary()}",
                   version=self.snapshot.version, workers=self.options.workers)
         for slot in range(self.options.workers):
             self.spawn(slot)
@@ -429,7 +430,7 @@ class Supervisor:
                 shown = ", ".join(map(str, ports[:12])) + (f" and {len(ports) - 12:,} more" if len(ports) > 12 else "")
                 log_event(log, logging.INFO, "ready",
                           f"ready: config v{self.snapshot.version} ({config.summary()}) served by "
-                          f"{len(self.handles)} workers on {self.options.bind} ports {shown}",
+                          f"{plural(len(self.handles), 'worker')} on {self.options.bind} ports {shown}",
                           version=self.snapshot.version, workers=len(self.handles), ports=len(ports))
                 self.notifier.ready(f"serving config v{self.snapshot.version} ({config.summary()})")
                 if self.takeover is not None:
@@ -715,7 +716,7 @@ class Supervisor:
 
     def set_title(self) -> None:
         setproctitle.setproctitle(
-            f"skiff: supervisor (config v{self.snapshot.version}, {self.options.workers} workers) "
+            f"skiff: supervisor (config v{self.snapshot.version}, {plural(self.options.workers, 'worker')}) "
             f"instance {self.options.instance}")
 
 
