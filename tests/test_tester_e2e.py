@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -12,11 +11,24 @@ import pytest
 from tests.support import PYTHON, ROOT, Skiff, app, free_ports, write_config
 
 
+def shipped_topology(path: Path, **extra: object) -> None:
+    """The shipped config.json's apps and targets, moved to free ports: the shipped ports are the demo's
+    (`make run`) and other checkouts' tests on this machine; skiff now refuses ports another skiff serves."""
+    document = orjson.loads((ROOT / "config.json").read_bytes())
+    needed = sum(len(e["Ports"]) + len(e["Targets"]) for e in document["Apps"])
+    ports = iter(free_ports(needed))  # all at once, so no two are the same
+    for entry in document["Apps"]:
+        entry["Ports"] = [next(ports) for _ in entry["Ports"]]
+        entry["Targets"] = [f"127.0.0.1:{next(ports)}" if t.startswith("127.") else t for t in entry["Targets"]]
+        entry.update(extra)
+    path.write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2))
+
+
 @pytest.fixture
 def shipped(tmp_path: Path):  # type: ignore[no-untyped-def]
-    """skiff on a copy of the shipped config.json (the reload scenario rewrites its file)."""
+    """skiff on the shipped topology (the reload scenario edits its file, with --edit-config)."""
     config = tmp_path / "config.json"
-    shutil.copy(ROOT / "config.json", config)
+    shipped_topology(config)
     skiff = Skiff(config, workers=2)
     yield skiff
     assert skiff.stop() == 0
@@ -49,11 +61,8 @@ def test_tester_failover_passes_against_skiff_with_retry_on_reset(tmp_path: Path
     listening socket, which resets the connections still in its accept queue, and only the opt-in replays
     those (by default such a client loses its connection, as with HAProxy and Envoy). 2. The tester runs the
     failover scenario. 3. Every check passes."""
-    document = orjson.loads((ROOT / "config.json").read_bytes())
-    for entry in document["Apps"]:
-        entry["RetryOnReset"] = True
     config = tmp_path / "config.json"
-    config.write_bytes(orjson.dumps(document))
+    shipped_topology(config, RetryOnReset=True)
     skiff = Skiff(config, workers=2)
     try:
         result = run_tester("failover", config, tmp_path)
