@@ -3,7 +3,8 @@
 SO_REUSEPORT lets a second process of the same uid bind a port silently and take part of its traffic; an
 sk_lookup program of another instance steals its ports from every listener. So, before any socket opens, we
 look for both: listening sockets of our uid on a port we want, on the same address or a wildcard over it
-(/proc/net/tcp and tcp6), and the port maps other instances pinned under PIN_ROOT/skiff/. Sockets we hold
+(/proc/net/tcp and tcp6), and the port maps other instances pinned under PIN_ROOT/skiff/ whose link is
+attached to our network namespace (bpffs is shared across namespaces, steering is not). Sockets we hold
 ourselves (inherited from systemd's descriptor store) are not a conflict; `--takeover` does not check at all.
 """
 
@@ -121,6 +122,8 @@ def pinned_conflict(pin_root: Path, instance: str, ports: Iterable[int]) -> str 
     except OSError:
         return None
     for other in others:
+        if not _steers_here(other / "link"):
+            continue  # detached, or attached to another network namespace: it takes nothing from us
         taken = sorted(wanted & _pinned_ports(other / "ports"))
         if taken:
             return f"ports {_ports(taken)} are already steered by skiff instance {other.name!r} ({other})"
@@ -145,6 +148,25 @@ def _pinned_ports(path: Path) -> set[int]:
         return {struct.unpack("=I", key)[0] for key in libbpf.map_keys(fd, 4)}
     except OSError:
         return set()
+    finally:
+        os.close(fd)
+
+
+def _steers_here(link: Path) -> bool:
+    """Is the pinned sk_lookup link attached to our network namespace? (bpf_link_info.netns.netns_ino)"""
+    try:
+        from bpf import libbpf
+    except OSError:
+        return False
+    try:
+        fd = libbpf.obj_get(link)
+    except OSError:
+        return False
+    try:
+        netns_ino = struct.unpack_from("=I", libbpf.obj_info(fd), 16)[0]
+        return bool(netns_ino) and netns_ino == os.stat("/proc/thread-self/ns/net").st_ino
+    except OSError:
+        return False
     finally:
         os.close(fd)
 

@@ -518,8 +518,10 @@ def test_another_instance_on_steered_ports_refuses(scene: Scene) -> None:
 
     1. Start instance A (bpf) serving APPS. 2. Start instance B (bpf, same pin root) on 9999 only: it exits 3
        with one line naming A's instance and port 9999; A still serves 9999. 3. B in reuseport mode refuses
-       the same way (A's program would steal its connections).
+       the same way (A's program would steal its connections). 4. Seen from another network namespace (this
+       test's), A's pins steer nothing there: no conflict.
     """
+    from control.exclusive import pinned_conflict
     scene.targets()
     write_config(scene.config, APPS)
     first = scene.supervisor()
@@ -535,6 +537,7 @@ def test_another_instance_on_steered_ports_refuses(scene: Scene) -> None:
         assert len(output.splitlines()) == 1 and "Traceback" not in output, output
         assert f"ports 9999 are already steered by skiff instance '{scene.instance}'" in output, output
     assert served(scene, 9999, b"still ours") == "bravo"
+    assert pinned_conflict(scene.pin_root, f"{scene.instance}-b", [9999]) is None
     scene.stop_cleanly(first)
 
 
