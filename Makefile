@@ -51,3 +51,14 @@ lint: venv
 clean:
 	rm -rf $(VENV) $(SYSTEM_STAMP) .pytest_cache .mypy_cache .ruff_cache
 	$(MAKE) -C bpf clean
+
+# skiff as a system service: the tree, its venv and the BPF object under PREFIX, the skiff user, the example
+# config at /etc/skiff/config.json (never overwritten), the unit and the sysctl file. DESTDIR stages it all
+# without touching the host (scripts/install.sh says what each variable does).
+PREFIX ?= /opt/skiff
+.PHONY: install uninstall
+install:
+	PREFIX=$(PREFIX) DESTDIR=$(DESTDIR) PYTHON=$(PYTHON) bash scripts/install.sh install
+
+uninstall:
+	PREFIX=$(PREFIX) DESTDIR=$(DESTDIR) bash scripts/install.sh uninstall

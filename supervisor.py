@@ -2,7 +2,8 @@
 
     python supervisor.py [-c CONFIG | -c etcd://HOST:PORT[,...]/PREFIX] [--config-cache PATH] [-w N] [--check]
                          [--grace SECONDS] [--log-format text|json] [--log-level LEVEL] [--bind ADDRESS]
-                         [--steering reuseport|bpf|auto]
+                         [--steering reuseport|bpf|auto] [--instance NAME] [--takeover PID] [--share-ports]
+                         [--fd-store]
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
-from control.arbiter import ACK_TIMEOUT, Options, Supervisor
+from control.arbiter import ACK_TIMEOUT, EXIT_CANNOT_LISTEN, Options, Supervisor
+from control.exclusive import conflict
 from control.http import MAX_CONNECTIONS
 from control.sources.etcd import EtcdSource, initial_config
 from control.steering import DEFAULT_OBJECT, MODES, SteeringUnavailable, choose_steering
@@ -111,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--takeover", metavar="PID", type=int,
                         help="restart without a gap: take over from the running supervisor PID (it keeps serving "
                              "until this one is ready, then drains and exits)")
+    parser.add_argument("--share-ports", action="store_true",
+                        help="start even when another skiff (or another process of this user) already serves "
+                             "these ports; without it skiff refuses, naming the other one")
+    parser.add_argument("--fd-store", action="store_true",
+                        help="under systemd (FileDescriptorStoreMax= set): keep the listening sockets in systemd's "
+                             "descriptor store, so `systemctl restart` refuses no connection")
     parser.add_argument("--bpf-object", type=Path, default=DEFAULT_OBJECT, help=argparse.SUPPRESS)
     parser.add_argument("--bpf-pin-root", type=Path, default=Path("/sys/fs/bpf"), help=argparse.SUPPRESS)
     return parser
@@ -167,6 +175,12 @@ def serve(args: argparse.Namespace, log: logging.Logger, config: Config, source:
     if args.takeover is not None and (problem := takeover_problem(args.takeover)):
         log.error("--takeover %d: %s", args.takeover, problem, extra={"event": "takeover_failed", "error": problem})
         return 1
+    if args.takeover is None and not args.share_ports and (
+            clash := conflict(args.bind, config.ports, args.bpf_pin_root, args.instance)):
+        line = (f"refusing to start: {clash}; pass --share-ports to share them, or --takeover PID to replace "
+                "that supervisor")
+        log.error("%s", line, extra={"event": "ports_taken", "error": clash})
+        return EXIT_CANNOT_LISTEN
     try:
         steering = choose_steering(args.steering, args.bpf_object)
     except SteeringUnavailable as exc:
@@ -176,7 +190,7 @@ def serve(args: argparse.Namespace, log: logging.Logger, config: Config, source:
                       watch=args.watch, steering=steering.mode, instance=args.instance,
                       bpf_object=args.bpf_object, bpf_pin_root=args.bpf_pin_root, metrics=args.metrics,
                       metrics_max_connections=args.metrics_max_connections, takeover=args.takeover,
-                      ack_timeout=args.ack_timeout, source=source)
+                      ack_timeout=args.ack_timeout, source=source, fd_store=args.fd_store)
     return Supervisor(options, replace(first_snapshot(config), revision=revision)).run()
 
 

@@ -42,6 +42,7 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "bpf_link__destroy": (_int, [_vp]),
     "bpf_link_detach": (_int, [_int]),
     "bpf_obj_get_info_by_fd": (_int, [_int, _vp, _u32p]),
+    "bpf_obj_get": (_int, [_str]),
     "bpf_map_update_elem": (_int, [_int, _vp, _vp, ctypes.c_uint64]),
     "bpf_map_lookup_elem": (_int, [_int, _vp, _vp]),
     "bpf_map_delete_elem": (_int, [_int, _vp]),
@@ -184,6 +185,11 @@ def obj_info(fd: int, size: int = 256) -> bytes:
     length = ctypes.c_uint32(size)
     _check(_lib.bpf_obj_get_info_by_fd(fd, buf, ctypes.byref(length)), "bpf_obj_get_info_by_fd")
     return buf.raw[: length.value]
+
+
+def obj_get(path: os.PathLike[str] | str) -> int:
+    """A new fd for a pinned object (the caller closes it)."""
+    return _check(_lib.bpf_obj_get(_path(path)), f"bpf_obj_get {path}")
 
 
 def map_update(fd: int, key: bytes, value: bytes, flags: int = BPF_ANY) -> None:

@@ -25,6 +25,7 @@ from typing import NoReturn
 import setproctitle
 
 from bpf.errors import SteeringError
+from control.fdstore import FdStore, keep_for_restart, names_for
 from control.handle import WorkerHandle, WorkerState
 from control.handover import Handover, Takeover
 from control.http import HttpError, HttpServer
@@ -37,7 +38,7 @@ from control.status import Observer
 from control.steering import BpfListeners, Listeners, ReuseportListeners
 from control.watcher import ConfigWatcher
 from proxy.counters import CellMap, CounterTable
-from proxy.logs import log_event
+from proxy.logs import log_event, plural
 from proxy.snapshot import Snapshot
 from workers.worker import EXIT_CRASHED, WorkerOptions, worker_main
 
@@ -72,6 +73,7 @@ class Options:
     takeover: int | None = None  # pid of a running supervisor to take over from (zero-gap restart)
     ack_timeout: float = ACK_TIMEOUT  # seconds a worker has to acknowledge a snapshot before it counts as hung
     source: ConfigSource | None = None  # where the config comes from (default: the file at config_path)
+    fd_store: bool = False  # keep the listening sockets in systemd's descriptor store (control/fdstore.py)
 
 
 class Supervisor:
@@ -82,10 +84,12 @@ class Supervisor:
         self.counters = CounterTable(options.workers)
         self.cells = CellMap().assign(snapshot.config, snapshot.version, snapshot.version, self.counters.is_zero)
         self.snapshot = replace(snapshot, cells=self.cells.cells)
+        # systemd's descriptor store hook (control/fdstore.py): sockets kept across a restart are adopted.
+        self.fdstore = FdStore.from_environment(options.fd_store)
         self.listeners: Listeners = (
             BpfListeners(options.bind, options.workers, options.instance, options.bpf_object, options.bpf_pin_root,
-                         wait_for_lock=TAKEOVER_WAIT if options.takeover else 0.0)
-            if options.steering == "bpf" else ReuseportListeners(options.bind, options.workers))
+                         wait_for_lock=TAKEOVER_WAIT if options.takeover else 0.0, inherited=self.fdstore.inherited)
+            if options.steering == "bpf" else ReuseportListeners(options.bind, options.workers, self.fdstore.inherited))
         self.pool = WorkerPool(self, options.workers)
         self.handles = self.pool.handles  # slot -> live worker (the pool's own dict, for the observers)
         self.reloads = Reloader(self)
@@ -123,6 +127,7 @@ class Supervisor:
         except SteeringError as exc:
             log_event(log, logging.ERROR, "steering_failed", str(exc), error=str(exc))
             return EXIT_STEERING_FAILED
+        self.fdstore.sync(names_for(self.listeners))  # fdstore hook
         problem = enable_request_migration()
         if problem:
             log_event(log, logging.WARNING, "migrate_req_off",
@@ -146,7 +151,8 @@ class Supervisor:
                           f"cannot watch {self.options.config_path} for changes ({exc}); SIGHUP still reloads")
         log_event(log, logging.INFO, "start",
                   f"starting: config v{self.snapshot.version} ({self.snapshot.config.summary()}), "
-                  f"{self.options.workers} workers, listening on {self.options.bind}, {self.listeners.summary()}",
+                  f"{plural(self.options.workers, 'worker')}, listening on {self.options.bind}, "
+                  f"{self.listeners.summary()}",
                   version=self.snapshot.version, workers=self.options.workers)
         for slot in range(self.options.workers):
             self.pool.spawn(slot)
@@ -278,7 +284,7 @@ class Supervisor:
             shown = ", ".join(map(str, ports[:12])) + (f" and {len(ports) - 12:,} more" if len(ports) > 12 else "")
             log_event(log, logging.INFO, "ready",
                       f"ready: config v{self.snapshot.version} ({config.summary()}) served by "
-                      f"{len(self.handles)} workers on {self.options.bind} ports {shown}",
+                      f"{plural(len(self.handles), 'worker')} on {self.options.bind} ports {shown}",
                       version=self.snapshot.version, workers=len(self.handles), ports=len(ports))
             self.notifier.ready(f"serving config v{self.snapshot.version} ({config.summary()})")
             if self.takeover is not None:
@@ -342,6 +348,7 @@ class Supervisor:
             if handle.state is not WorkerState.EXITED:
                 handle.move_to(WorkerState.DRAINING)
                 handle.channel.send({"t": "drain"})
+        keep_for_restart(self.fdstore, self.listeners)  # fdstore hook: a systemd restart keeps sockets and pins
         # New connections are refused from here on: the program is detached (bpf) and our copies of the
         # listeners go; each worker closes its own once it has taken over what the kernel already queued.
         self.listeners.stop()
@@ -356,6 +363,7 @@ class Supervisor:
             self.http.close()
         self.handover.close()
         self.notifier.close()
+        self.fdstore.close()
         self.source.close()
         self.listeners.stop()
         if self.watcher is not None:
@@ -368,7 +376,8 @@ class Supervisor:
 
     def set_title(self) -> None:
         setproctitle.setproctitle(
-            f"skiff: supervisor (config v{self.snapshot.version}, {self.options.workers} workers)")
+            f"skiff: supervisor (config v{self.snapshot.version}, {plural(self.options.workers, 'worker')}) "
+            f"instance {self.options.instance}")
 
 
 def raise_fd_limit() -> None:

@@ -17,6 +17,7 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
+from control.fdstore import names_for
 from control.handle import WorkerHandle, WorkerState
 from control.sockets import ListenError
 from proxy.errors import ConfigError
@@ -145,6 +146,7 @@ class Reloader:
         # reuseport: our copies of removed ports go now; each worker closes its own after draining its queue.
         # bpf: the port map follows once every worker knows the new routes (check_pending).
         s.listeners.told(change.removed_ports)
+        s.fdstore.sync(names_for(s.listeners))  # systemd's descriptor store follows the sockets
         self.status = ReloadStatus(True, time.time(), None, self.status.reloads + 1, self.status.failures)
         s.set_title()
         log_event(log, logging.DEBUG, "reload_sent", f"{trigger}: config v{new.version} sent ({change.summary()})",

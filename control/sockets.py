@@ -6,6 +6,7 @@ worker that died is accepted by its replacement instead of being reset.
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 from collections.abc import Iterable
 from pathlib import Path
@@ -38,13 +39,28 @@ def open_listener(host: str, port: int) -> socket.socket:
     return sock
 
 
-class SocketTable:
-    """port -> one listening socket per slot."""
+def adopt(inherited: dict[str, socket.socket] | None, name: str, host: str, port: int) -> socket.socket | None:
+    """The socket systemd's descriptor store passed under `name`, if it listens on host:port (port 0: any)."""
+    sock = (inherited or {}).get(name)
+    if sock is None:
+        return None
+    bound_host, bound_port = sock.getsockname()[:2]
+    if ipaddress.ip_address(bound_host) != ipaddress.ip_address(host) or port not in (0, bound_port):
+        return None
+    assert inherited is not None
+    del inherited[name]
+    return sock
 
-    def __init__(self, host: str, slots: int) -> None:
+
+class SocketTable:
+    """port -> one listening socket per slot. Sockets systemd kept for us (`port-PORT-SLOT`) are adopted
+    instead of opened anew (control/fdstore.py)."""
+
+    def __init__(self, host: str, slots: int, inherited: dict[str, socket.socket] | None = None) -> None:
         self.host = host
         self.slots = slots
         self.by_port: dict[int, list[socket.socket]] = {}
+        self.inherited = inherited
 
     def open_ports(self, ports: Iterable[int]) -> list[int]:
         """Open every port in every slot, or none of them (ListenError). Returns the ports opened."""
@@ -55,8 +71,9 @@ class SocketTable:
                     continue
                 sockets: list[socket.socket] = []
                 try:
-                    for _ in range(self.slots):
-                        sockets.append(open_listener(self.host, port))
+                    for slot in range(self.slots):
+                        kept = adopt(self.inherited, f"port-{port}-{slot}", self.host, port)
+                        sockets.append(kept or open_listener(self.host, port))
                 except ListenError:
                     for sock in sockets:
                         sock.close()
@@ -95,18 +112,19 @@ def enable_request_migration() -> str | None:
         return f"cannot set net.ipv4.tcp_migrate_req=1: {exc.strerror or exc}"
 
 
-def open_group_listeners(host: str, slots: int) -> list[socket.socket]:
+def open_group_listeners(host: str, slots: int,
+                         inherited: dict[str, socket.socket] | None = None) -> list[socket.socket]:
     """bpf mode: one SO_REUSEPORT listener per worker on one steering address (a port the kernel picks).
 
     The sk_lookup program hands every configured port's connections to the first of these; the kernel's
     reuseport selection then spreads them over the group.
     """
-    first = open_listener(host, 0)
+    first = adopt(inherited, "group-0", host, 0) or open_listener(host, 0)
     sockets = [first]
     port = first.getsockname()[1]
     try:
-        for _ in range(slots - 1):
-            sockets.append(open_listener(host, port))
+        for slot in range(1, slots):
+            sockets.append(adopt(inherited, f"group-{slot}", host, port) or open_listener(host, port))
     except ListenError:
         for sock in sockets:
             sock.close()

@@ -63,8 +63,8 @@ class ReuseportListeners:
 
     steered = False
 
-    def __init__(self, bind: str, slots: int) -> None:
-        self.table = SocketTable(bind, slots)
+    def __init__(self, bind: str, slots: int, inherited: dict[str, socket.socket] | None = None) -> None:
+        self.table = SocketTable(bind, slots, inherited)
         self.handing_over = False  # nothing depends on it here: the successor's sockets share ours
 
     def open(self, ports: frozenset[int], standby: bool = False) -> None:
@@ -127,7 +127,8 @@ class BpfListeners:
     steered = True
 
     def __init__(self, bind: str, slots: int, instance: str, obj_path: Path, pin_root: Path,
-                 wait_for_lock: float = 0.0) -> None:
+                 wait_for_lock: float = 0.0, inherited: dict[str, socket.socket] | None = None) -> None:
+        self.inherited = inherited  # group listeners systemd's descriptor store kept for us
         self.bind = bind
         self.slots = slots
         self.instance = instance
@@ -155,7 +156,7 @@ class BpfListeners:
         self.wanted = ports
         # "::" is dual-stack on Linux: one group socket takes IPv4 and IPv6 connections.
         host = "127.0.0.1" if self.bind == "0.0.0.0" else self.bind
-        self.sockets = open_group_listeners(host, self.slots)
+        self.sockets = open_group_listeners(host, self.slots, self.inherited)
         try:
             if standby:
                 self.steering = Steering.standby(self.instance, self.obj_path, pin_root=self.pin_root)

@@ -61,3 +61,8 @@ def setup_logging(fmt: str, level: str, name: str) -> logging.Logger:
 def log_event(logger: logging.Logger, level: int, event: str, message: str, **fields: Any) -> None:
     if logger.isEnabledFor(level):
         logger.log(level, message, extra={"event": event, **fields})
+
+
+def plural(n: int, noun: str) -> str:
+    """'1 worker', '2 workers': log lines read as sentences."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"

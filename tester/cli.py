@@ -1,7 +1,7 @@
 """`python -m tester SCENARIO -c CONFIG`: run one scenario against the proxy, report, exit 0 if all passed.
 
-Exit status: 0 every check passed; 1 a check failed; 2 the run could not start (usage, config, a target
-address the tester could not bind).
+Exit status: 0 every check passed; 1 a check failed; 2 the run could not start (bad options, config, a target
+address the tester could not bind); 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import uvloop
 from rich.console import Console
 
 from tester.config import ConfigError, read_config
+from tester.diagnose import diagnose
 from tester.htmlreport import write_html
 from tester.progress import Progress
 from tester.report import build, print_text, write_json
@@ -23,7 +24,7 @@ from tester.run import Options, Run, wait_ready
 from tester.scenarios import SCENARIOS
 from tester.targets import TargetPool
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def parse_args(argv: list[str] | None) -> Options:
@@ -89,6 +90,17 @@ def parse_args(argv: list[str] | None) -> Options:
         metavar="S",
         help="reload: added ports must echo and removed ports refuse within S seconds (5)",
     )
+    parser.add_argument(
+        "--edit-config",
+        action="store_true",
+        help="reload: let the tester edit the config file the proxy serves (only Ports and Targets change; "
+        "the original bytes and mode are restored at the end, on Ctrl-C too); without it reload does not run",
+    )
+    parser.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="skiff's --metrics address: a failed run reads /metrics to say which targets skiff marks down",
+    )
     parser.add_argument("--json", type=Path, metavar="FILE", help="write the report as JSON")
     parser.add_argument("--html", type=Path, metavar="FILE", help="write a self-contained HTML report")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -133,6 +145,7 @@ async def execute(run: Run) -> None:
                 await SCENARIOS[options.scenario](run)
         except TimeoutError:
             run.check(f"{options.scenario}.finished", False, f"did not finish within {limit:g} s")
+        await diagnose(run)
     finally:
         if run.pool is not None:
             await run.pool.close()
@@ -151,9 +164,12 @@ def main(argv: list[str] | None = None) -> int:
         try:
             uvloop.run(execute(run))
         except OSError as exc:
-            print(f"tester: cannot start: {exc}", file=sys.stderr)
+            print(f"tester: cannot start: {exc.strerror or exc}", file=sys.stderr)
             return EXIT_USAGE
-    document = build(run, time.perf_counter() - started)
+        except KeyboardInterrupt:
+            print("tester: interrupted (the config file, if it was edited, is back as it was)", file=sys.stderr)
+            return EXIT_INTERRUPTED
+    document = build(run, time.perf_counter() - started, argv if argv is not None else sys.argv[1:])
     console = Console(width=160) if not sys.stdout.isatty() else Console()
     print_text(document, console)
     if options.json is not None:

@@ -90,6 +90,8 @@ async def _read_echo(
             len(payload),
         )
         if not data:
+            if pos == 0 and payload:
+                raise Failure("closed", f"closed before any of the {len(payload)} bytes was echoed")
             if pos < len(payload):
                 raise Failure("short_read", f"EOF after {pos} of {len(payload)} echoed bytes")
             return pos, rtt
@@ -154,6 +156,8 @@ async def bulk(stream: Stream, prefix: bytes, block: bytes, total: int, timeout:
         reading.cancel()
         raise
     received, rtt, echo_hash = await reading
+    if received == 0 and total:
+        raise Failure("closed", f"closed before any of the {total} bytes was echoed")
     if received != total:
         raise Failure("short_read", f"EOF after {received} of {total} echoed bytes")
     if echo_hash != sent_hash.digest():

@@ -1,19 +1,25 @@
-"""The tester's own, tolerant reader of skiff's config.json (the proxy's validator lives elsewhere).
+"""The tester's view of skiff's config.json, read with skiff's own validation (`proxy.config`): one source of
+truth, so the tester refuses exactly what the proxy refuses, with the same one-line message.
 
-It keeps what the tester needs: each app's name, ports and targets. It refuses only what makes a test
-impossible (no apps, a port that is not a number) and says where, so a typo is not mistaken for a proxy bug.
+It keeps what the tester needs (each app's name, ports and targets) and, for the reload scenario, edits the
+operator's document in place: only Ports and Targets of the apps it changes, every other field as it was.
 """
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 import os
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
+
+from proxy import config as proxy_config
+from proxy.errors import ConfigError as ProxyConfigError
 
 
 class ConfigError(ValueError):
@@ -29,16 +35,11 @@ class App:
 
 def split_host_port(text: str) -> tuple[str, int]:
     """`host:port`, `1.2.3.4:5` or `[v6]:port` to (host, port); the host keeps no brackets."""
-    host, sep, port = text.strip().rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"{text!r} is not host:port")
-    if host.startswith("["):
-        if not host.endswith("]"):
-            raise ConfigError(f"{text!r} has an unclosed [")
-        host = host[1:-1]
-    elif ":" in host:
-        raise ConfigError(f"{text!r}: an IPv6 address needs brackets, [addr]:port")
-    return host, int(port)
+    try:
+        target = proxy_config.parse_target("", text)
+    except ProxyConfigError as exc:
+        raise ConfigError(exc.problem) from None
+    return target.host, target.port
 
 
 def is_local(host: str) -> bool:
@@ -52,32 +53,14 @@ def is_local(host: str) -> bool:
 
 
 def parse_config(data: bytes) -> list[App]:
-    """Parse the bytes of a config file; unknown keys are ignored, key case is forgiven."""
+    """Validate the bytes as skiff does; ConfigError carries skiff's own one-line message."""
     try:
-        document: Any = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise ConfigError(f"not JSON: {exc}") from exc
-    apps_raw = _get(document, "Apps") if isinstance(document, dict) else None
-    if not isinstance(apps_raw, list) or not apps_raw:
-        raise ConfigError("Apps: expected a non-empty list")
-    apps = []
-    for i, raw in enumerate(apps_raw):
-        if not isinstance(raw, dict):
-            raise ConfigError(f"Apps[{i}]: expected an object")
-        name = _get(raw, "Name")
-        ports = _get(raw, "Ports") or []
-        targets = _get(raw, "Targets") or []
-        if not isinstance(ports, list) or not all(isinstance(p, int) and 0 < p < 65536 for p in ports):
-            raise ConfigError(f"Apps[{i}].Ports: expected a list of TCP port numbers")
-        if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
-            raise ConfigError(f"Apps[{i}].Targets: expected a list of host:port strings")
-        for j, target in enumerate(targets):
-            try:
-                split_host_port(target)
-            except ConfigError as exc:
-                raise ConfigError(f"Apps[{i}].Targets[{j}]: {exc}") from None
-        apps.append(App(str(name) if name else f"app{i}", tuple(ports), tuple(targets)))
-    return apps
+        config = proxy_config.parse_config(data)
+    except ProxyConfigError as exc:
+        raise ConfigError(str(exc)) from None
+    if not config.apps:
+        raise ConfigError("Apps: the config lists no app to test")
+    return [App(a.name, a.ports, tuple(str(t) for t in a.targets)) for a in config.apps]
 
 
 def read_config(path: Path) -> list[App]:
@@ -91,27 +74,38 @@ def read_config(path: Path) -> list[App]:
         raise ConfigError(f"{path}: {exc}") from None
 
 
-def render_config(apps: list[App]) -> bytes:
-    document = {"Apps": [{"Name": a.name, "Ports": list(a.ports), "Targets": list(a.targets)} for a in apps]}
+def edit_document(data: bytes, apps: list[App]) -> bytes:
+    """The operator's document with each app's Ports and Targets replaced by `apps`' (matched by Name); every
+    other field, and every app the edit leaves alone, exactly as it was."""
+    document: Any = copy.deepcopy(orjson.loads(data))
+    wanted = {a.name: a for a in apps}
+    for raw in document["Apps"]:
+        app = wanted.get(raw.get("Name"))
+        if app is not None:
+            raw["Ports"] = list(app.ports)
+            raw["Targets"] = list(app.targets)
     return orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n"
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write-then-rename in the same directory, so a watcher never sees a half-written file."""
+def write_atomically(path: Path, data: bytes, like: os.stat_result | None = None) -> None:
+    """Write-then-rename in the same directory, so a watcher never sees a half-written file. The new file
+    takes the mode (and, when we may, the owner) of `like`, by default the file it replaces."""
+    if like is None:
+        try:
+            like = path.stat()
+        except FileNotFoundError:
+            like = None
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
+            if like is not None:
+                os.fchmod(f.fileno(), stat.S_IMODE(like.st_mode))
+                if os.geteuid() == 0:
+                    os.fchown(f.fileno(), like.st_uid, like.st_gid)
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def _get(obj: dict[str, Any], key: str) -> Any:
-    if key in obj:
-        return obj[key]
-    lowered = {k.lower(): v for k, v in obj.items() if isinstance(k, str)}
-    return lowered.get(key.lower())

@@ -1,4 +1,6 @@
-"""A self-contained HTML report: the same tables as the text report plus an SVG latency histogram per port.
+"""A self-contained HTML report: run metadata and the scenario's headline figure, failed checks first, a
+timeline (throughput, failures and latency per second, with markers for reloads and stopped targets), the
+tables of the text report, and an SVG latency histogram per port.
 
 Everything is inline (CSS and hand-drawn SVG), so the file can be mailed or archived as one artefact.
 """
@@ -16,7 +18,10 @@ WIDTH, HEIGHT, PAD = 560, 180, 34
 STYLE = """body{font:14px system-ui,sans-serif;margin:2em;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
 td:first-child,th:first-child{text-align:left}.fail{color:#b00;font-weight:bold}.pass{color:#070}
-svg{background:#fafafa;border:1px solid #ddd;margin:4px}.bad{background:#fee}"""
+svg{background:#fafafa;border:1px solid #ddd;margin:4px}.bad{background:#fee}
+.headline{font-size:18px;font-weight:bold}"""
+SERIES = (("mbit", "Mbit/s", "#4a7ebb"), ("failed", "failed connections", "#b00"),
+          ("rtt_max_ms", "max rtt ms", "#e08a00"))
 
 
 def render(document: Document) -> str:
@@ -26,8 +31,10 @@ def render(document: Document) -> str:
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>skiff tester {e(document['scenario'])}</title><style>{STYLE}</style></head><body>",
         f"<h1>skiff tester: {e(document['scenario'])} <span class='{verdict.lower()}'>{verdict}</span></h1>",
-        f"<p>config {e(document['config'])}, proxy host {e(document['proxy_host'])}, "
-        f"seed {document['seed']}, {document['elapsed_s']} s</p><h2>Checks</h2><ul>",
+        f"<p class='headline'>{e(document['headline'])}</p>",
+        f"<p>{e(document['started'])} &middot; <code>{e(document['command'])}</code> &middot; "
+        f"{e(document['proxy_version'])}<br>config {e(document['config'])}, proxy host "
+        f"{e(document['proxy_host'])}, seed {document['seed']}, {document['elapsed_s']} s</p><h2>Checks</h2><ul>",
     ]
     for check in document["checks"]:
         cls = "pass" if check["ok"] else "fail"
@@ -35,8 +42,10 @@ def render(document: Document) -> str:
             f"<li><span class='{cls}'>{'PASS' if check['ok'] else 'FAIL'}</span> "
             f"<b>{e(check['name'])}</b>: {e(check['message'])}</li>"
         )
+    parts.append("</ul><h2>Timeline</h2>")
+    parts.append(timeline_svg(document["timeline"], document["marks"]))
     parts.append(
-        "</ul><h2>Connections</h2><table><tr><th>app</th><th>port</th><th>ok</th><th>failed</th>"
+        "<h2>Connections</h2><table><tr><th>app</th><th>port</th><th>ok</th><th>failed</th>"
         "<th>reasons</th><th>bytes out</th><th>bytes in</th><th>targets</th></tr>"
     )
     for port in document["ports"]:
@@ -104,6 +113,39 @@ def histogram_svg(title: str, buckets: list[list[float]]) -> str:
             )
     shapes.append(f"<text x='4' y='{PAD + 8}' font-size='10'>{tallest}</text>")
     return head + "".join(shapes) + "</svg>"
+
+
+def timeline_svg(rows: list[dict[str, float]], marks: list[dict[str, object]]) -> str:
+    """One strip per series over the run's seconds; dashed vertical lines at each mark, labelled."""
+    if not rows:
+        return "<p>no connection ended during the run</p>"
+    e = html.escape
+    strip, width = 70, WIDTH + 200
+    height = PAD + len(SERIES) * (strip + 10) + 20
+    span = max(len(rows), 1)
+    plot_w = width - 2 * PAD
+
+    def x(t: float) -> float:
+        return PAD + plot_w * t / span
+
+    shapes = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' role='img'>"
+              "<title>timeline</title>"]
+    for i, (key, label, colour) in enumerate(SERIES):
+        top = PAD + i * (strip + 10)
+        peak = max(float(r[key]) for r in rows) or 1.0
+        points = " ".join(f"{x(r['t'] + 0.5):.1f},{top + strip - strip * float(r[key]) / peak:.1f}" for r in rows)
+        shapes.append(f"<text x='{PAD}' y='{top - 2}' font-size='11'>{e(label)} (peak {peak:g})</text>"
+                      f"<line x1='{PAD}' y1='{top + strip}' x2='{width - PAD}' y2='{top + strip}' stroke='#999'/>"
+                      f"<polyline fill='none' stroke='{colour}' stroke-width='1.5' points='{points}'/>")
+    bottom = PAD + len(SERIES) * (strip + 10)
+    for mark in marks:
+        t = float(str(mark["t"]))
+        shapes.append(f"<line class='mark' x1='{x(t):.1f}' y1='{PAD - 12}' x2='{x(t):.1f}' y2='{bottom}' "
+                      f"stroke='#555' stroke-dasharray='4 3'/><text x='{x(t) + 3:.1f}' y='{PAD - 14}' "
+                      f"font-size='10'>{e(str(mark['label']))} ({t:g} s)</text>")
+    shapes.append(f"<text x='{PAD}' y='{bottom + 14}' font-size='10'>0 s</text><text x='{width - PAD}' "
+                  f"y='{bottom + 14}' font-size='10' text-anchor='end'>{span} s</text></svg>")
+    return "".join(shapes)
 
 
 def write_html(document: Document, path: Path) -> None:

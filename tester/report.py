@@ -5,6 +5,11 @@ Building the document once keeps the three renderings in agreement; the JSON fil
 
 from __future__ import annotations
 
+import shlex
+import subprocess
+import time
+import tomllib
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,20 +24,58 @@ from tester.stats import PERCENTILES, REASONS, Latency, PortStats
 Document = dict[str, Any]
 
 
-def build(run: Run, elapsed: float) -> Document:
+def build(run: Run, elapsed: float, argv: list[str] | None = None) -> Document:
     options = run.options
+    checks = sorted(run.checks, key=lambda c: c.ok)  # failed checks first (a stable sort keeps their order)
     return {
         "scenario": options.scenario,
+        "started": datetime.fromtimestamp(time.time() - elapsed, UTC).isoformat(timespec="seconds"),
+        "command": shlex.join(["python", "-m", "tester", *(argv or [])]),
+        "proxy_version": proxy_version(),
         "config": str(options.config),
         "proxy_host": options.proxy_host,
         "seed": options.seed,
-        "spawned_targets": sorted(run.pool.servers) if run.pool is not None else None,
+        "spawned_targets": sorted(run.pool.started) if run.pool is not None else None,
         "elapsed_s": round(elapsed, 3),
         "ok": all(c.ok for c in run.checks),
-        "checks": [{"name": c.name, "ok": c.ok, "message": c.message} for c in run.checks],
+        "checks": [{"name": c.name, "ok": c.ok, "message": c.message} for c in checks],
+        "headline": headline(run),
+        "timeline": run.timeline.rows(),
+        "marks": [{"t": t, "label": label} for t, label in run.timeline.marks],
         "ports": [_port(stats) for stats in run.recorder.ports.values()],
         "extra": run.extra,
     }
+
+
+def proxy_version() -> str:
+    """skiff's version: the tree the tester ships in (pyproject), with the git commit when there is one."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        version = str(tomllib.loads((root / "pyproject.toml").read_text())["project"]["version"])
+    except (OSError, KeyError, tomllib.TOMLDecodeError):
+        version = "unknown"
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        commit = ""
+    return f"skiff {version}" + (f" ({commit})" if commit else "")
+
+
+def headline(run: Run) -> str:
+    """The one figure a scenario is about, from what it put in `extra`, then how many connections completed."""
+    extra: dict[str, Any] = run.extra
+    parts = []
+    if isinstance(throughput := extra.get("throughput"), dict):
+        parts.append(f"{throughput['gbit_per_s']} Gbit/s echoed")
+    if isinstance(fairness := extra.get("fairness"), dict) and fairness:
+        parts.append("fairness (Jain) " + ", ".join(f"{app} {f['jain']}" for app, f in fairness.items()))
+    if isinstance(reload := extra.get("reload"), dict):
+        parts.append(f"reload applied after {reload['applied_after_s']} s")
+    if isinstance(failover := extra.get("failover"), dict):
+        parts.append(f"{failover['ok_after_stop']} connections completed after {failover['stopped']} stopped")
+    parts.append(f"{run.completed():,} of {run.recorder.total:,} connections completed")
+    return "; ".join(parts)
 
 
 def _port(stats: PortStats) -> Document:
@@ -104,6 +147,8 @@ def print_text(document: Document, console: Console) -> None:
             _ms(port["rtt_ms"], p) for p in PERCENTILES
         ]
         lat.add_row(escape(port["app"]), str(port["port"]), *cells)
+    console.print(f"{document['started']}: {document['command']} ({document['proxy_version']})", highlight=False)
+    console.print(f"headline: {document['headline']}", highlight=False)
     console.print(conns)
     console.print(lat)
     for key, value in document["extra"].items():

@@ -17,7 +17,7 @@ from tester import client
 from tester.client import Failure
 from tester.config import App
 from tester.progress import Progress
-from tester.stats import Outcome, Recorder
+from tester.stats import Outcome, Recorder, Timeline
 from tester.targets import TOKEN_LEN, TargetPool
 
 
@@ -40,6 +40,8 @@ class Options:
     json: Path | None = None
     html: Path | None = None
     quiet: bool = False
+    edit_config: bool = False
+    metrics: str | None = None
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,7 @@ class Run:
     pool: TargetPool | None
     progress: Progress
     recorder: Recorder = field(init=False)
+    timeline: Timeline = field(default_factory=lambda: Timeline(time.monotonic()))
     checks: list[Check] = field(default_factory=list)
     extra: dict[str, object] = field(default_factory=dict)
     rng: random.Random = field(init=False)
@@ -70,6 +73,14 @@ class Run:
 
     def app_ports(self) -> list[tuple[App, int]]:
         return [(app, port) for app in self.apps for port in app.ports]
+
+    def mark(self, label: str) -> None:
+        """A moment the timeline shows (a reload, a target stopped)."""
+        self.timeline.mark(label, time.monotonic())
+
+    def completed(self, only: set[tuple[str, int]] | None = None) -> int:
+        """Connections that got their whole echo back (on the given (app, port) pairs)."""
+        return sum(s.ok for key, s in self.recorder.ports.items() if only is None or key in only)
 
     def check(self, name: str, ok: bool, message: str) -> None:
         self.checks.append(Check(name, ok, message))
@@ -127,6 +138,7 @@ class Run:
 
     def record(self, outcome: Outcome) -> None:
         self.recorder.record(outcome)
+        self.timeline.record(outcome, time.monotonic())
         self.progress.advance()
 
 

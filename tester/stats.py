@@ -14,6 +14,7 @@ from hdrh.histogram import HdrHistogram  # type: ignore[import-untyped]
 REASONS = (
     "refused",
     "connect_timeout",
+    "closed",
     "reset",
     "timeout",
     "mismatch",
@@ -134,6 +135,58 @@ class Recorder:
             if stats.app == app:
                 total.update(stats.targets)
         return total
+
+
+@dataclass
+class Second:
+    """What ended in one second of the run."""
+
+    ok: int = 0
+    failed: int = 0
+    bytes: int = 0
+    rtt_max_us: int = 0
+    rtt_sum_us: int = 0
+    rtt_count: int = 0
+
+
+class Timeline:
+    """Outcomes per second since the run started, and labelled moments (a reload, a target stopped)."""
+
+    def __init__(self, start: float) -> None:
+        self.start = start
+        self.seconds: dict[int, Second] = {}
+        self.marks: list[tuple[float, str]] = []
+
+    def record(self, outcome: Outcome, now: float) -> None:
+        second = self.seconds.setdefault(max(0, int(now - self.start)), Second())
+        if outcome.reason is None:
+            second.ok += 1
+        else:
+            second.failed += 1
+        second.bytes += outcome.sent + outcome.received
+        if outcome.rtt_us is not None:
+            second.rtt_max_us = max(second.rtt_max_us, outcome.rtt_us)
+            second.rtt_sum_us += outcome.rtt_us
+            second.rtt_count += 1
+
+    def mark(self, label: str, now: float) -> None:
+        self.marks.append((round(now - self.start, 3), label))
+
+    def rows(self) -> list[dict[str, float]]:
+        """One row per second from 0 to the last, empty seconds included (a stall shows as a gap)."""
+        last = max(self.seconds, default=-1)
+        rows = []
+        for t in range(last + 1):
+            s = self.seconds.get(t, Second())
+            rows.append({"t": t, "ok": s.ok, "failed": s.failed, "mbit": round(s.bytes * 8 / 1e6, 3),
+                         "rtt_mean_ms": round(s.rtt_sum_us / s.rtt_count / 1000, 3) if s.rtt_count else 0.0,
+                         "rtt_max_ms": round(s.rtt_max_us / 1000, 3)})
+        return rows
+
+
+def plural(n: int, noun: str) -> str:
+    """'1 connection', '2 connections'."""
+    return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
 
 
 def jain_index(shares: list[int]) -> float:

@@ -8,6 +8,7 @@ target can be stopped mid-run (its listening socket closed) to test failover.
 from __future__ import annotations
 
 import asyncio
+import errno
 from collections import Counter
 
 from tester.config import App, is_local, split_host_port
@@ -16,11 +17,23 @@ from tester.echo import EchoProtocol, start_echo
 TOKEN_LEN = 16
 
 
+class TargetBusy(OSError):
+    """A target address of the config could not be served by the tester: one line with a hint."""
+
+    def __init__(self, address: str, exc: OSError) -> None:
+        hint = ""
+        if exc.errno == errno.EADDRINUSE:
+            hint = ("; something already serves it: `make run`'s demo targets (or another tester)? stop them, "
+                    "or run without --spawn-targets to test against the targets that run")
+        super().__init__(exc.errno, f"cannot serve target {address}: {exc.strerror or exc}{hint}")
+
+
 class TargetPool:
     """The echo servers of one run, keyed by the target string exactly as the config spells it."""
 
     def __init__(self) -> None:
         self.servers: dict[str, asyncio.AbstractServer] = {}
+        self.started: list[str] = []  # every target this run served, kept after close for the report
         self.accepted: Counter[str] = Counter()
         self.open_connections = 0
         self._idle = asyncio.Event()
@@ -42,8 +55,12 @@ class TargetPool:
         for address in addresses:
             if address in self.servers:
                 continue
-            (server,) = await start_echo([address], self._on_connection, self._on_close)
+            try:
+                (server,) = await start_echo([address], self._on_connection, self._on_close)
+            except OSError as exc:
+                raise TargetBusy(address, exc) from None
             self.servers[address] = server
+            self.started.append(address)
 
     def stop(self, address: str) -> None:
         """Close the listening socket: new connections are refused, connections in flight carry on."""

@@ -56,6 +56,7 @@ async def run_failover(run: Run) -> None:
         await half.wait()
         served_before = pool.accepted[victim]
         pool.stop(victim)
+        run.mark(f"stopped {victim}")
         run.progress.note(f"stopped {victim}")
 
     stopper = asyncio.ensure_future(stop_victim())

@@ -1,5 +1,10 @@
 """reload: rewrite the config under load; stable ports must not notice, changed ports must change.
 
+The tester does not start the proxy, so the only file the proxy reloads is the operator's own: the scenario
+edits it only with `--edit-config`, and then changes nothing but the Ports and Targets of the apps it touches
+(limits, checks, PROXY settings and the file's mode stay), and puts the original bytes back (with its mode and
+owner) when it ends, fails or is interrupted (Ctrl-C). Without the flag it runs nothing and says why.
+
 Like sozu's keepalive-bench: persistent connections keep echoing messages across the reload while short
 connections keep opening, all on ports that stay.
 
@@ -23,7 +28,7 @@ from dataclasses import replace
 
 from tester import client
 from tester.client import Failure
-from tester.config import App, render_config, write_atomically
+from tester.config import App, edit_document, write_atomically
 from tester.run import Run, free_port
 from tester.scenarios.common import check_failures
 from tester.stats import Outcome
@@ -33,7 +38,14 @@ GRACE = 1.0
 
 async def run_reload(run: Run) -> None:
     path = run.options.config
+    if not run.options.edit_config:
+        run.check("reload.setup", False,
+                  f"not run: the tester does not start the proxy, so reloading means editing {path}, the file "
+                  "the proxy serves; pass --edit-config to allow it (only Ports and Targets change, every other "
+                  "field and the file's mode stay, and the original is restored byte for byte)")
+        return
     original = path.read_bytes()
+    original_stat = path.stat()
     apps = run.apps
     first = apps[0]
     new_port = free_port(run.options.proxy_host)
@@ -94,20 +106,23 @@ async def run_reload(run: Run) -> None:
     added_ok = removed_ok = False
     try:
         await asyncio.sleep(min(1.0, duration / 4))
-        write_atomically(path, render_config(new_apps))
+        write_atomically(path, edit_document(original, new_apps), like=original_stat)
         written = time.monotonic()
+        run.mark("config rewritten")
         run.progress.note("config rewritten")
         added_ok, removed_ok = await asyncio.gather(
             probe_added(run, new_apps[0], new_port, written + run.options.reload_deadline),
             probe_removed(run, removed[1] if removed else None, written + run.options.reload_deadline),
         )
         applied_at = time.monotonic()
+        run.mark("reload applied")
         run.progress.note(f"applied after {applied_at - written:.2f} s")
         await asyncio.sleep(max(1.0 + GRACE, duration - (applied_at - written)))
     finally:
+        # The operator's bytes go back first: nothing after this point (a second Ctrl-C) can skip it.
+        write_atomically(path, original, like=original_stat)
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
-        write_atomically(path, original)
 
     deadline = run.options.reload_deadline
     run.extra["reload"] = {

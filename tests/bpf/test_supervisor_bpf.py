@@ -514,3 +514,96 @@ def test_ipv4_bind_leaves_ipv6_on_its_ports_to_others(scene: Scene, netns: Netns
     assert netns.run(_ipv6_listener_gets, 9999, 5) == 5
     name, echoed = scene.ns.roundtrip(9999, b"v4")
     assert (name.split("-")[0], echoed) == ("bravo", b"v4")
+
+
+def test_another_instance_on_steered_ports_refuses(scene: Scene) -> None:
+    """A second instance whose config shares a port with a running instance's pinned port map refuses.
+
+    1. Start instance A (bpf) serving APPS. 2. Start instance B (bpf, same pin root) on 9999 only: it exits 3
+       with one line naming A's instance and port 9999; A still serves 9999. 3. B in reuseport mode refuses
+       the same way (A's program would steal its connections). 4. Seen from another network namespace (this
+       test's), A's pins steer nothing there: no conflict.
+    """
+    from control.exclusive import pinned_conflict
+    scene.targets()
+    write_config(scene.config, APPS)
+    first = scene.supervisor()
+    other = scene.config.with_name("other.json")
+    write_config(other, [("other", [9999], ["127.0.0.1:21003"])])
+    for steering in ("bpf", "reuseport"):
+        argv = bpf_args(f"{scene.instance}-b", scene.pin_root, scene.obj, 1)
+        argv[1] = steering
+        done = subprocess.run(scene.ns.command(PYTHON, str(REPO / "supervisor.py"), "-c", str(other), *argv),
+                              cwd=REPO, capture_output=True, text=True, timeout=60)
+        output = (done.stdout + done.stderr).strip()
+        assert done.returncode == 3, output
+        assert len(output.splitlines()) == 1 and "Traceback" not in output, output
+        assert f"ports 9999 are already steered by skiff instance '{scene.instance}'" in output, output
+    assert served(scene, 9999, b"still ours") == "bravo"
+    assert pinned_conflict(scene.pin_root, f"{scene.instance}-b", [9999]) is None
+    scene.stop_cleanly(first)
+
+
+def test_systemd_restart_keeps_pins_and_sockets_and_a_stop_removes_them(scene: Scene, tmp_path: Path) -> None:
+    """`systemctl restart` in bpf mode, systemd played by tests/fake_systemd.py.
+
+    1. Start under the fake systemd with --fd-store: the two group listeners are stored (group-0, group-1).
+    2. A client dials 7001 every 10 ms (full round trip, 15 s timeout) in the namespace.
+    3. Restart (SIGTERM while a "restart" job runs): the old supervisor exits 0 leaving the pins; the new one
+       adopts both group sockets and takes the pinned state over. No attempt failed.
+    4. A real stop: the pins are gone, the store is empty, 7001 is refused.
+    """
+    from fake_systemd_path import FakeSystemd
+
+    scene.targets()
+    write_config(scene.config, APPS)
+    manager = FakeSystemd(tmp_path, prefix=["nsenter", f"--net={scene.ns.path}"])
+    argv = [str(REPO / "supervisor.py"), "-c", str(scene.config), "--fd-store",
+            *bpf_args(scene.instance, scene.pin_root, scene.obj, 2)]
+    stop = threading.Event()
+    results: list[tuple[float, bool]] = []
+
+    def attempt() -> None:
+        started = time.monotonic()
+        try:
+            name, echoed = scene.ns.roundtrip(7001, b"restart", timeout=15.0)
+            results.append((started, echoed == b"restart" and name.startswith("alpha-")))
+        except OSError:
+            results.append((started, False))
+
+    def dial() -> None:
+        for _ in range(20_000):  # bounded; stopped by the test long before
+            if stop.is_set():
+                return
+            attempt()
+            time.sleep(DIAL_INTERVAL)  # the client's pace, not synchronisation
+
+    dialer = threading.Thread(target=dial)
+    try:
+        manager.start(argv)
+        assert manager.names() == ["group-0", "group-1"]
+        dialer.start()
+        deadline = time.monotonic() + 30
+        while len(results) < 20 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        before = len(results)
+        code, _ = manager.restart()
+        assert code == 0, manager.log
+        assert scene.pin_dir.exists()
+        assert "adopting 2 listening sockets kept in systemd's descriptor store" in manager.log
+        assert served(scene, 7001, b"after").startswith("alpha-")
+        deadline = time.monotonic() + 30
+        while len(results) < before + 20 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stop.set()
+        dialer.join(60)
+        assert len(results) >= before + 20 and all(ok for _, ok in results), [r for r in results if not r[1]][:5]
+        assert manager.stop() == 0, manager.log
+        assert manager.names() == []
+        assert not scene.pin_dir.exists()
+        assert scene.ns.outcome(7001) == "refused"
+    finally:
+        stop.set()
+        if dialer.is_alive():
+            dialer.join(60)
+        manager.close()

@@ -36,7 +36,7 @@ def failed_checks(path: Path) -> set[str]:
         ("smoke", ["--connections", "12", "--max-size", "256k"]),
         ("balance", ["--connections", "90"]),
         ("failover", ["--connections", "20"]),
-        ("reload", ["--duration", "2"]),
+        ("reload", ["--duration", "2", "--edit-config"]),
         ("soak", ["--duration", "2"]),
         ("throughput", ["--connections", "2", "--bytes", "4M"]),
     ],
@@ -177,8 +177,10 @@ def test_html_report_is_self_contained(config: Path, relay: RelayFactory, tmp_pa
     result = run_tester("smoke", "-c", str(config), *QUICK, "--connections", "5", "--html", str(page))
     assert result.returncode == 0, result.stdout
     text = page.read_text()
-    assert text.count("<svg") == 3
-    assert "<rect" in text
+    assert text.count("<svg") == 4, "a timeline and a histogram per port"
+    assert "<rect" in text and "<polyline" in text
+    assert "python -m tester smoke" in text and "skiff 0.1.0" in text, "run metadata"
+    assert "connections completed" in text, "the headline figure"
     assert "src=" not in text and "href=" not in text, "no external assets"
 
 
