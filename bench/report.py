@@ -17,6 +17,7 @@ from typing import Any
 
 BASELINE = "haproxy"
 DIRECT = "direct"
+FLOOR = "floor"  # bench/floor_relay.py: the least a uvloop relay does; a reference row, no goals
 TIMES = "\u00d7"  # the multiplication sign of ratios
 NONE = "\u2013"  # en dash: no value
 
@@ -94,7 +95,7 @@ def ratio(med: dict[tuple[str, str], float], target: str, base: str, metric: str
 
 
 def skiff_targets(targets: Sequence[str]) -> list[str]:
-    return [t for t in targets if t not in (BASELINE, DIRECT)]
+    return [t for t in targets if t not in (BASELINE, DIRECT, FLOOR)]
 
 
 def fmt_value(value: float | None, metric: str) -> str:

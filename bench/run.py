@@ -36,7 +36,8 @@ from fixtures import BENCH_DIR, Ports, Processes, Target
 
 REPO_DIR = BENCH_DIR.parent
 DEFAULT_SKIFF_CMD = f"{REPO_DIR / '.venv/bin/python'} {REPO_DIR / 'supervisor.py'}"
-ALL_TARGETS = ("direct", "haproxy", "skiff-w1", "skiff-w2")
+ALL_TARGETS = ("direct", "haproxy", "skiff-w1", "skiff-w2", "floor")
+FLOOR_CMD = (str(REPO_DIR / ".venv/bin/python"), str(BENCH_DIR / "floor_relay.py"))
 PAUSE_S = 1.0  # between loads, so one load's closing sockets do not overlap the next load
 
 
@@ -222,6 +223,8 @@ def proxy_starter(
 ) -> Starter:
     if name == "haproxy":
         return lambda: fixtures.start_haproxy(procs, tmp, ports, backends, configs)
+    if name == "floor":
+        return lambda: fixtures.start_skiff(procs, tmp, list(FLOOR_CMD), 1, ports, backends, configs, name="floor")
     workers = int(name.removeprefix("skiff-w"))
 
     def start() -> Target:
