@@ -26,6 +26,7 @@ from pathlib import Path
 
 import fixtures
 import loads
+import psutil
 from fixtures import BENCH_DIR, Ports, Processes, Target
 
 REPO_DIR = BENCH_DIR.parent
@@ -42,10 +43,18 @@ def listen_overflows() -> int:
     return 0
 
 
-def cpu_split(pid: int) -> tuple[float, float]:
-    """(the root process's CPU seconds, its descendants' including reaped ones)."""
-    snap = loads.cpu_snapshot(pid)
-    return snap[pid], sum(v for k, v in snap.items() if k != pid)
+def cpu_split(pid: int) -> tuple[float, float, float]:
+    """CPU seconds: the root process (user+system); its descendants', reaped ones included, user and system."""
+    root = psutil.Process(pid)
+    t = root.cpu_times()
+    user, system = t.children_user, t.children_system
+    for child in root.children(recursive=True):
+        try:
+            c = child.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        user, system = user + c.user, system + c.system
+    return t.user + t.system, user, system
 
 
 def export_ref(ref: str, into: Path) -> str:
@@ -74,6 +83,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--duration", type=int, default=5)
     p.add_argument("--ab", help="git ref whose skiff runs as another target (e.g. main, 57eafaf)")
+    p.add_argument("--ab-dir", type=Path, help="a tree with a supervisor.py to run as target `dir-wN` (e.g. a build)")
     p.add_argument("--ab-workers", default="1", help="worker counts for the A/B ref (default 1)")
     p.add_argument("--targets", default="haproxy,floor,skiff-w1,skiff-w2")
     p.add_argument("--loads", default="close,keepalive")
@@ -89,7 +99,7 @@ def main(argv: list[str]) -> int:
     configs: dict[str, str] = {}
     names = [t for t in a.targets.split(",") if t]
     samples: dict[tuple[str, str], list[float]] = {}
-    cpu: dict[str, list[tuple[float, float]]] = {}
+    cpu: dict[tuple[str, str], list[tuple[float, ...]]] = {}
     overflows: dict[str, int] = {}
     try:
         with tempfile.TemporaryDirectory(prefix="skiff-conn-") as tmp_name:
@@ -102,15 +112,19 @@ def main(argv: list[str]) -> int:
                 ref_dir.mkdir()
                 commit = export_ref(a.ab, ref_dir)
                 names += [f"{commit}-w{w}" for w in a.ab_workers.split(",")]
+            if a.ab_dir:
+                names += [f"dir-w{w}" for w in a.ab_workers.split(",")]
             for i, name in enumerate(names, start=1):
                 ports = Ports(a.base_port + 100 * i, a.base_port + 100 * i + 1, a.base_port + 100 * i + 2)
                 fixtures.require_free([ports.http])
                 if name == "haproxy":
                     targets.append(fixtures.start_haproxy(procs, tmp, ports, backends, configs))
                     continue
-                workers = int(name.rpartition("-w")[2]) if "-w" in name else 1
-                if name == "floor":
-                    cmd = [PYTHON, str(BENCH_DIR / "floor_relay.py")]
+                workers = int(name.rpartition("-w")[2]) if name.rpartition("-w")[2].isdigit() else 1
+                if name in ("floor", "floor-raw"):
+                    cmd = [PYTHON, str(BENCH_DIR / ("floor_relay.py" if name == "floor" else "floor_raw.py"))]
+                elif name.startswith("dir-w"):
+                    cmd = [PYTHON, str(a.ab_dir.resolve() / "supervisor.py")]
                 elif name.startswith("skiff"):
                     cmd = [PYTHON, str(REPO_DIR / "supervisor.py")]
                 else:
@@ -135,10 +149,9 @@ def main(argv: list[str]) -> int:
                         overflows[target.name] = overflows.get(target.name, 0) + listen_overflows() - ovf
                         rate = result.values[load]
                         samples.setdefault((target.name, load), []).append(rate)
-                        if load == "close":
-                            conns = rate * a.duration
-                            cpu.setdefault(target.name, []).append(
-                                ((after[0] - before[0]) / conns * 1e6, (after[1] - before[1]) / conns * 1e6))
+                        done = rate * a.duration  # connections (close) or requests (keep-alive)
+                        cpu.setdefault((target.name, load), []).append(
+                            tuple((x - y) / done * 1e6 for x, y in zip(after, before, strict=True)))
                         print(f"round {rnd + 1} {load:9} {target.name:14} {rate:10.0f}", flush=True)
     except KeyboardInterrupt:
         print("bench_conn: interrupted; stopping everything it started", file=sys.stderr)
@@ -147,31 +160,32 @@ def main(argv: list[str]) -> int:
         procs.stop_all()
     print(render(names, a.loads.split(","), samples, cpu, overflows))
     if a.json:
-        a.json.write_text(json.dumps({f"{t} {lo}": v for (t, lo), v in samples.items()} | {"cpu": cpu}, indent=1))
+        doc = {f"{t} {lo}": v for (t, lo), v in samples.items()} | {f"cpu {t} {lo}": c for (t, lo), c in cpu.items()}
+        a.json.write_text(json.dumps(doc, indent=1))
     return 0
 
 
 def render(names: list[str], load_names: list[str], samples: dict[tuple[str, str], list[float]],
-           cpu: dict[str, list[tuple[float, float]]], overflows: dict[str, int]) -> str:
-    head = "| target | " + " | ".join(f"{lo} (median, min-max) | x HAProxy" for lo in load_names)
-    head += " | CPU µs/conn: root + children | ListenOverflows |"
-    lines = [head, "|" + "---|" * (2 * len(load_names) + 3)]
+           cpu: dict[tuple[str, str], list[tuple[float, ...]]], overflows: dict[str, int]) -> str:
+    """Per load: the rate, its ratio to HAProxy, and CPU µs per connection (close) or request (keep-alive):
+    the root process (supervisor); the workers' (or HAProxy's) user + system."""
+    head = "| target | " + " | ".join(f"{lo} (median, min-max) | x HAProxy | CPU µs: root; user + sys"
+                                       for lo in load_names)
+    lines = [head + " | ListenOverflows |", "|" + "---|" * (3 * len(load_names) + 2)]
     for name in names:
         cells = [name]
         for lo in load_names:
             vals = samples.get((name, lo), [])
             ref = samples.get(("haproxy", lo), [])
             if not vals:
-                cells += ["-", "-"]
+                cells += ["-", "-", "-"]
                 continue
             med = statistics.median(vals)
             cells.append(f"{med:,.0f} ({min(vals):,.0f}-{max(vals):,.0f})")
             cells.append(f"{med / statistics.median(ref):.2f}" if ref else "-")
-        per = cpu.get(name, [])
-        if per:
-            cells.append(f"{statistics.median(c[0] for c in per):.0f} + {statistics.median(c[1] for c in per):.0f}")
-        else:
-            cells.append("-")
+            per = cpu[(name, lo)]
+            root, user, system = (statistics.median(c[i] for c in per) for i in range(3))
+            cells.append(f"{root:.1f}; {user:.1f} + {system:.1f} = {user + system:.1f}")
         cells.append(str(overflows.get(name, 0)))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
