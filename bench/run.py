@@ -163,8 +163,10 @@ def method(settings: Settings) -> list[str]:
         "minus before, divided by the count (USS per connection is in the raw JSON). Each idle test gets a freshly "
         "started proxy, since one that held these connections before reuses their freed memory. Kernel socket "
         "memory is not included.",
-        "HAProxy: `mode tcp`, `nbthread 1`, defaults otherwise (no splicing); skiff with `-w 1` and `-w 2`. "
-        "Proxies stay up from one idle test to the next; loads go to one target at a time.",
+        "HAProxy: `mode tcp`, `nbthread 1`, `maxconn 9500` (the operator's comparison of issue 14), defaults "
+        "otherwise (no splicing); skiff with `-w 1` and `-w 2`; floor: bench/floor_relay.py with one worker, the "
+        "least a uvloop Protocol relay does per connection (no balancing, limits or metrics), a reference row "
+        "with no goals of its own. Loads go to one target at a time.",
     ]
 
 
