@@ -7,7 +7,7 @@ SYSTEM_STAMP := .stamp-system-deps
 WORKERS ?= 2
 PYTEST_ARGS ?=
 
-.PHONY: all setup system-deps venv bpf run test lint clean bench
+.PHONY: all setup system-deps venv bpf run test lint clean bench bench-conn
 .DELETE_ON_ERROR:
 
 all: setup
@@ -43,6 +43,14 @@ test: setup
 bench: setup
 	bash bench/setup.sh
 	$(PY) bench/run.py --rounds 3 --out bench/BENCHMARKS.md
+
+# Connection rate only, in minutes: HAProxy, the floor relay, skiff -w 1 and -w 2, 3 interleaved rounds of 5 s.
+# A/B against a git ref: `make bench-conn AB=main` adds that ref's skiff (exported with git archive) as a target.
+AB ?=
+BENCH_CONN_ARGS ?=
+bench-conn: venv
+	bash bench/setup.sh
+	$(PY) bench/bench_conn.py $(if $(AB),--ab $(AB)) $(BENCH_CONN_ARGS)
 
 lint: venv
 	$(PY) -m ruff check .

@@ -189,10 +189,11 @@ http {{
 
 
 def haproxy_config(ports: Ports, backends: Ports) -> str:
-    # maxconn 9600: room for the 9,000 idle connections while 2*maxconn fds stay under the hard limit (20,000).
+    # maxconn 9500: room for the 9,000 idle connections while 2*maxconn fds stay under the hard limit (20,000);
+    # the operator's comparison of issue 14 uses the same figure (it sizes HAProxy's preallocated tables).
     sections = [
-        "global\n    nbthread 1\n    maxconn 9600\n",
-        "defaults\n    mode tcp\n    maxconn 9600\n    timeout connect 5s\n"
+        "global\n    nbthread 1\n    maxconn 9500\n",
+        "defaults\n    mode tcp\n    maxconn 9500\n    timeout connect 5s\n"
         "    timeout client 300s\n    timeout server 300s\n",
     ]
     for name, port, backend in (
@@ -251,9 +252,10 @@ def start_haproxy(procs: Processes, tmp: Path, ports: Ports, backends: Ports, co
 
 def start_skiff(
     procs: Processes, tmp: Path, command: list[str], workers: int, ports: Ports, backends: Ports,
-    configs: dict[str, str],
+    configs: dict[str, str], name: str | None = None,
 ) -> Target:
-    name = f"skiff-w{workers}"
+    """skiff (or anything with its command line and config: the floor relay, a stand-in) with N workers."""
+    name = name or f"skiff-w{workers}"
     conf = tmp / f"{name}.json"
     conf.write_text(skiff_config(ports, backends))
     configs[f"{name}.json"] = conf.read_text()

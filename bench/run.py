@@ -36,7 +36,8 @@ from fixtures import BENCH_DIR, Ports, Processes, Target
 
 REPO_DIR = BENCH_DIR.parent
 DEFAULT_SKIFF_CMD = f"{REPO_DIR / '.venv/bin/python'} {REPO_DIR / 'supervisor.py'}"
-ALL_TARGETS = ("direct", "haproxy", "skiff-w1", "skiff-w2")
+ALL_TARGETS = ("direct", "haproxy", "skiff-w1", "skiff-w2", "floor")
+FLOOR_CMD = (str(REPO_DIR / ".venv/bin/python"), str(BENCH_DIR / "floor_relay.py"))
 PAUSE_S = 1.0  # between loads, so one load's closing sockets do not overlap the next load
 
 
@@ -162,8 +163,10 @@ def method(settings: Settings) -> list[str]:
         "minus before, divided by the count (USS per connection is in the raw JSON). Each idle test gets a freshly "
         "started proxy, since one that held these connections before reuses their freed memory. Kernel socket "
         "memory is not included.",
-        "HAProxy: `mode tcp`, `nbthread 1`, defaults otherwise (no splicing); skiff with `-w 1` and `-w 2`. "
-        "Proxies stay up from one idle test to the next; loads go to one target at a time.",
+        "HAProxy: `mode tcp`, `nbthread 1`, `maxconn 9500` (the operator's comparison of issue 14), defaults "
+        "otherwise (no splicing); skiff with `-w 1` and `-w 2`; floor: bench/floor_relay.py with one worker, the "
+        "least a uvloop Protocol relay does per connection (no balancing, limits or metrics), a reference row "
+        "with no goals of its own. Loads go to one target at a time.",
     ]
 
 
@@ -222,6 +225,8 @@ def proxy_starter(
 ) -> Starter:
     if name == "haproxy":
         return lambda: fixtures.start_haproxy(procs, tmp, ports, backends, configs)
+    if name == "floor":
+        return lambda: fixtures.start_skiff(procs, tmp, list(FLOOR_CMD), 1, ports, backends, configs, name="floor")
     workers = int(name.removeprefix("skiff-w"))
 
     def start() -> Target:

@@ -68,3 +68,14 @@ def test_goals_pass_or_fail_by_direction() -> None:
 
 def test_no_verdicts_without_haproxy() -> None:
     assert "No goal verdicts" in report.goals_section({}, ["direct", "skiff-w1"])[0]
+
+
+def test_the_must_is_against_the_floor_row_and_w2_has_its_own_bounds() -> None:
+    med = report.medians(samples("newconn_rps", {"haproxy": [10.0], "floor": [8.0], "skiff-w1": [7.7],
+                                                  "skiff-w2": [9.5]}))
+    lines = report.goals_section(med, ["haproxy", "skiff-w1", "skiff-w2", "floor"])
+    must = next(ln for ln in lines if "floor row" in ln)
+    assert must.count("PASS") == 2  # 7.7 / 8.0 = 0.96
+    conn = next(ln for ln in lines if ln.startswith("| new conn/s"))
+    assert conn.count("FAIL") == 2  # 0.77 < 0.8; 0.95 < 1.0 for -w 2
+    assert "floor" not in lines[2]  # the floor row is a reference, not a column of goals
