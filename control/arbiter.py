@@ -564,12 +564,12 @@ class Supervisor:
         current = self.snapshot
         try:
             config = self.source.load()
+            new = next_snapshot(current, config)  # reads the certificate files the config names
         except ConfigError as exc:
             self.reload_failed(trigger, str(exc))
             if announce:
                 self.ready_again()
             return
-        new = next_snapshot(current, config)
         if new is None:
             level = logging.INFO if trigger == "SIGHUP" else logging.DEBUG
             log_event(log, level, "reload_unchanged", f"{trigger}: config unchanged, still v{current.version}",
