@@ -23,6 +23,7 @@ from typing import Any
 import setproctitle
 
 from bpf.errors import SteeringError
+from control.certs import CertKeeper
 from control.handle import WorkerHandle, WorkerState
 from control.handover import Handover, Takeover
 from control.http import HttpError, HttpServer
@@ -137,6 +138,7 @@ class Supervisor:
         self.notifier = Notifier.from_environment()  # before any fork: workers must not inherit NOTIFY_SOCKET
         self.http: HttpServer | None = None
         self.observer = Observer(self)
+        self.certs = CertKeeper()  # TLS certificates and ACME (control/certs.py)
         # Config source hook: where the config comes from and when a reload is due (control/sources/).
         self.source: ConfigSource = options.source or FileSource(options.config_path)
         self.handover = Handover(self.selector, self.listeners)  # our side when a successor takes over from us

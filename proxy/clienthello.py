@@ -67,10 +67,8 @@ def read_hello(data: bytes) -> Hello:
         if length == 0 or length > MAX_RECORD:
             return _fail(MALFORMED, f"record length {length}")
         end = offset + RECORD_HEADER + length
-        if len(data) < end:
-            return _more(end)
         handshake += data[offset + RECORD_HEADER:end]
-        offset = end
+        # The message header is judged as soon as it is there, so a huge or wrong hello is refused early.
         if len(handshake) >= 4:
             if handshake[0] != HANDSHAKE_CLIENT_HELLO:
                 return _fail(MALFORMED, f"handshake message {handshake[0]}, not a ClientHello")
@@ -79,6 +77,9 @@ def read_hello(data: bytes) -> Hello:
                 return _fail(TOO_LARGE, f"ClientHello of {size} bytes (the limit is {MAX_HELLO})")
             if len(handshake) >= 4 + size:
                 return _parse_body(bytes(handshake[4:4 + size]))
+        if len(data) < end:
+            return _more(end)
+        offset = end
 
 
 class _Malformed(Exception):
