@@ -23,6 +23,7 @@ from typing import Any
 import setproctitle
 
 from bpf.errors import SteeringError
+from control.acme import AcmeManager
 from control.certs import CertKeeper
 from control.handle import WorkerHandle, WorkerState
 from control.handover import Handover, Takeover
@@ -138,7 +139,8 @@ class Supervisor:
         self.notifier = Notifier.from_environment()  # before any fork: workers must not inherit NOTIFY_SOCKET
         self.http: HttpServer | None = None
         self.observer = Observer(self)
-        self.certs = CertKeeper()  # TLS certificates and ACME (control/certs.py)
+        self.certs = CertKeeper()  # TLS certificates and ACME (control/certs.py, control/acme.py)
+        self.acme = AcmeManager(self)
         # Config source hook: where the config comes from and when a reload is due (control/sources/).
         self.source: ConfigSource = options.source or FileSource(options.config_path)
         self.handover = Handover(self.selector, self.listeners)  # our side when a successor takes over from us
@@ -229,8 +231,8 @@ class Supervisor:
                 log.exception("supervisor: %s failed; carrying on", name, extra={"event": "supervisor_error"})
 
     def next_timeout(self) -> float | None:
-        deadlines = [t for t in (self.reload_due, self.kill_at, self.next_ping, self.source.deadline())
-                     if t is not None]
+        deadlines = [t for t in (self.reload_due, self.kill_at, self.next_ping, self.source.deadline(),
+                                 self.acme.deadline()) if t is not None]
         deadlines += self.respawn_at.values()
         deadlines += [p.started + self.options.ack_timeout for p in self.pending]
         if self.http is not None and (deadline := self.http.next_deadline()) is not None:
@@ -244,6 +246,7 @@ class Supervisor:
         if self.http is not None:
             self.http.expire(now)
         self.source.run_timers(now)
+        self.acme.run_timers(now)
         for slot, due in list(self.respawn_at.items()):
             if due <= now and not self.stopping:
                 del self.respawn_at[slot]
@@ -365,6 +368,7 @@ class Supervisor:
             self.http.abandon()
         self.notifier.close()
         self.source.close_in_child()
+        self.acme.close_in_child()
         self.wake_r.close()
         self.wake_w.close()
         if self.watcher is not None:
@@ -436,6 +440,8 @@ class Supervisor:
                 self.next_ping = time.monotonic() + PING_INTERVAL
         elif kind == "pong":
             handle.unanswered_pings = 0
+        elif kind == "challenge_loaded":
+            self.acme.worker_loaded(handle, message)
         elif kind == "ack":
             handle.acked_version = max(handle.acked_version, int(message["version"]))
             self.check_pending()
@@ -604,6 +610,7 @@ class Supervisor:
             self.counters.set_health(cell, 0)  # a reused cell starts in rotation, like any new target
         self.cells = cells
         new = replace(new, cells=cells.cells, revision=self.source.revision())
+        new = replace(new, certs=self.certs.merged(new))  # with the certificates ACME issued
         self.snapshot = new
         self.pending.append(PendingReload(new.version, time.monotonic(), change, config.ports))
         frame = encode({"t": "snapshot", "snapshot": new.to_wire()})
@@ -698,6 +705,7 @@ class Supervisor:
         self.handover.close()
         self.notifier.close()
         self.source.close()
+        self.acme.close()
         self.listeners.stop()
         if self.watcher is not None:
             self.watcher.close()

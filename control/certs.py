@@ -6,9 +6,13 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from proxy.certfiles import CertPair
 from proxy.config import Config
+
+if TYPE_CHECKING:
+    from proxy.snapshot import Snapshot
 
 
 class CertKeeper:
@@ -16,6 +20,14 @@ class CertKeeper:
         self.orders: Counter[str] = Counter()  # result -> ACME orders
         self.issued: dict[str, CertPair] = {}  # app name -> the certificate ACME issued for it
         self._not_after: dict[CertPair, float] = {}
+
+    def merged(self, snapshot: Snapshot) -> dict[str, CertPair]:
+        """The certificates workers serve with `snapshot`: the configured ones, and the issued ones of apps that
+        have no configured certificate."""
+        configured = {a.name for a in snapshot.config.apps if a.certificate is not None}
+        merged = {name: pair for name, pair in snapshot.certs.items() if name in configured}
+        merged.update((name, pair) for name, pair in self.issued.items() if name not in configured)
+        return merged
 
     def expiry(self, config: Config, configured: Mapping[str, CertPair]) -> dict[str, float]:
         """Hostname -> when the certificate served for it expires, for every terminated hostname that has one."""

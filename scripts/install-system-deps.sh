@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages skiff needs, only when something is missing: clang/llvm and libbpf-dev build the
 # BPF program, libbpf1 loads it, iptables and iproute2 serve the tests (blackholed targets, network namespaces),
-# etcd-server and etcd-client are the clustered config source (and its tests' 3-member cluster).
+# etcd-server and etcd-client are the clustered config source (and its tests' 3-member cluster), pebble is the
+# ACME server of the TLS tests (pebble and pebble-challtestsrv).
 set -euo pipefail
 
 missing=()
@@ -13,6 +14,7 @@ command -v iptables >/dev/null 2>&1 || missing+=(iptables)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
 command -v etcdctl >/dev/null 2>&1 || missing+=(etcd-client)
+command -v pebble >/dev/null 2>&1 || missing+=(pebble)
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
@@ -21,7 +23,8 @@ if [ "$(id -u)" -ne 0 ]; then
   echo "skiff needs these Debian packages: ${missing[*]} (run as root, or: sudo apt-get install ${missing[*]})" >&2
   exit 1
 fi
-echo "installing (missing: ${missing[*]}): clang llvm libbpf-dev libbpf1 iptables iproute2 etcd-server etcd-client"
+echo "installing (missing: ${missing[*]}): clang llvm libbpf-dev libbpf1 iptables iproute2 etcd-server etcd-client pebble"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
-apt-get install -y -qq --no-install-recommends clang llvm libbpf-dev libbpf1 iptables iproute2 etcd-server etcd-client >/dev/null
+apt-get install -y -qq --no-install-recommends clang llvm libbpf-dev libbpf1 iptables iproute2 etcd-server etcd-client \
+  pebble >/dev/null

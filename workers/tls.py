@@ -210,6 +210,9 @@ class TlsAcceptor:
         self.routes = TlsRoutes(config, by_name, certs, self.routes)
         self.routes.challenges = challenges
 
+    def add_challenge(self, name: str, pair: CertPair) -> None:
+        self.routes.challenges[name] = context_for(pair, [ACME_ALPN.decode()])
+
     def serve(self, listener: Listener) -> None:
         listener.server = TlsServer(self, listener.sock)
 

@@ -13,7 +13,7 @@ import random
 import signal
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import setproctitle
@@ -21,6 +21,7 @@ import uvloop
 
 from proxy import failpoints, proxyproto
 from proxy.balancer import TargetState
+from proxy.certfiles import CertPair
 from proxy.counters import TLS_KEY, AppStats, CounterTable
 from proxy.logs import log_event
 from proxy.snapshot import Snapshot
@@ -241,11 +242,27 @@ class Worker:
                     await self.apply_snapshot(message)
                 elif kind == "drain":
                     self.begin_stop()
+                elif kind in ("certs", "challenge", "challenge_done"):
+                    self.on_certificates(message)
         except Exception:
             log.exception("worker %d: the control path failed; exiting to be respawned", self.slot,
                           extra={"event": "worker_crashed", "worker": self.slot})
             self.exit_code = EXIT_CRASHED
             self.stopped.set()
+
+    def on_certificates(self, message: dict[str, Any]) -> None:
+        """ACME (control/acme.py): an issued certificate joins the snapshot's; a challenge certificate is served
+        for ALPN acme-tls/1 from now on, which the supervisor learns before the challenge is answered."""
+        kind = message["t"]
+        if kind == "certs":
+            issued = {str(k): CertPair(str(c), str(key)) for k, (c, key) in message["certs"].items()}
+            self.snapshot = replace(self.snapshot, certs={**self.snapshot.certs, **issued})
+            self.apply_tls(self.snapshot)
+        elif kind == "challenge":
+            self.tls.add_challenge(str(message["name"]), CertPair(str(message["cert"]), str(message["key"])))
+            self.send({"t": "challenge_loaded", "name": message["name"]})
+        else:
+            self.tls.routes.challenges.pop(str(message["name"]), None)
 
     async def apply_snapshot(self, message: dict[str, Any]) -> None:
         started = time.perf_counter()
