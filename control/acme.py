@@ -92,6 +92,7 @@ class AcmeManager:
     def run_timers(self, now: float) -> None:
         if self.sup.snapshot.version != self.seen_version:
             self.configure()
+            self.watch_certificate_files()
         if self.respawn_at is not None and self.respawn_at <= now:
             self.respawn_at = None
             self.spawn_helper()
@@ -122,6 +123,14 @@ class AcmeManager:
                 self.sup.selector.unregister(self.channel)
             self.channel.close()  # the helper reads EOF and exits
             self.channel = None
+
+    def watch_certificate_files(self) -> None:
+        """A configured Certificate or Key replaced on disk reloads like a config change (its hash is part of
+        the digest, so the reload makes a new snapshot only when the content changed)."""
+        watcher = self.sup.watcher
+        if watcher is not None:
+            apps = self.sup.snapshot.config.apps
+            watcher.watch_also([Path(f) for a in apps for f in (a.certificate, a.key) if f is not None])
 
     # --- what to order -------------------------------------------------------------------------------
     def configure(self) -> None:

@@ -3,8 +3,10 @@ real clients (Python's ssl, openssl s_client, curl --resolve); the certificate s
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import socket
 import ssl
 import subprocess
 
@@ -75,3 +77,28 @@ def test_handshake_protocol_versions(tls_setup) -> None:  # type: ignore[no-unty
         context = setup.ca.client_context()
         context.minimum_version = context.maximum_version = version
         assert tls_roundtrip(setup.port, "a.example.test", context)[1] == b"ping"
+
+
+def test_replaced_certificate_file_is_served_without_dropping_connections(tls_setup) -> None:  # type: ignore[no-untyped-def]
+    """1. A client holds a terminated connection to app a. 2. The operator renames a new certificate and key
+    over app a's files (the config file is untouched). 3. skiff sees the change, and a new connection gets the
+    new certificate (by serial). 4. The held connection still echoes: its session was not touched."""
+    setup = tls_setup(workers=2)
+    context = setup.ca.client_context()
+    old = setup.certs["a"]
+    with socket.create_connection(("127.0.0.1", setup.port), timeout=10) as raw, \
+            context.wrap_socket(raw, server_hostname="a.example.test") as held:
+        held.sendall(b"before")
+        assert held.recv(100) == b"before"
+        new = setup.ca.issue("a-new", ["a.example.test"])
+        for source, target in ((new.key, old.key), (new.cert, old.cert)):
+            tmp = target.with_name(target.name + ".tmp")
+            tmp.write_bytes(source.read_bytes())
+            os.replace(tmp, target)
+
+        def serving_new() -> bool:
+            return serial_of(tls_roundtrip(setup.port, "a.example.test", context)[0]) == new.serial
+
+        wait_for(serving_new, 15, "the replaced certificate to be served")
+        held.sendall(b"after")
+        assert held.recv(100) == b"after"
