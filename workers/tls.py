@@ -30,6 +30,7 @@ from proxy.certfiles import CertPair
 from proxy.clienthello import MAX_PEEK, read_hello, wildcard_of
 from proxy.config import Config
 from proxy.counters import AppStats
+from workers.listeners import DRAIN_LIMIT
 from workers.relay import ClientSide, RelayOwner
 
 if TYPE_CHECKING:
@@ -105,16 +106,7 @@ class TlsServer:
         acceptor.loop.add_reader(self.fd, self.on_readable)
 
     def on_readable(self) -> None:
-        for _ in range(ACCEPTS_PER_WAKE):
-            try:
-                conn, _ = self.sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    self.acceptor.exhausted()
-                return
-            self.acceptor.adopt(conn)
+        accept_some(self.acceptor, self.sock, ACCEPTS_PER_WAKE)
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -122,10 +114,23 @@ class TlsServer:
             self.fd = -1
 
 
+def accept_some(acceptor: TlsAcceptor, sock: socket.socket, limit: int) -> None:
+    for _ in range(limit):
+        try:
+            conn, _ = sock.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                acceptor.exhausted()
+            return
+        acceptor.adopt(conn)
+
+
 class Hello:
     """One accepted connection while its ClientHello arrives."""
 
-    __slots__ = ("acceptor", "conn", "fd", "lowat", "seen", "started", "timer")
+    __slots__ = ("acceptor", "conn", "fd", "lowat", "seen", "started", "timer", "watching")
 
     def __init__(self, acceptor: TlsAcceptor, conn: socket.socket) -> None:
         self.acceptor = acceptor
@@ -134,14 +139,23 @@ class Hello:
         self.seen = -1  # bytes peeked last time: no progress on a readable socket means the peer closed
         self.lowat = 1
         self.started = time.monotonic()
-        loop = acceptor.loop
-        self.timer: asyncio.TimerHandle | None = loop.call_later(acceptor.routes.peek_timeout or 10.0, self.expire)
-        loop.add_reader(self.fd, self.on_readable)
+        self.watching = False
+        self.timer: asyncio.TimerHandle | None = None
+
+    def watch(self) -> None:
+        """Wait for more of the hello (the first look, at accept, usually finds all of it)."""
+        if not self.watching:
+            self.watching = True
+            acceptor = self.acceptor
+            acceptor.hellos.add(self)
+            acceptor.loop.add_reader(self.fd, self.on_readable)
+            self.timer = acceptor.loop.call_later(acceptor.routes.peek_timeout or 10.0, self.expire)
 
     def on_readable(self) -> None:
         try:
             data = self.conn.recv(MAX_PEEK, socket.MSG_PEEK)
         except (BlockingIOError, InterruptedError):
+            self.watch()
             return
         except OSError:
             self.fail(None, "protocol")  # reset by the peer mid-hello
@@ -158,12 +172,13 @@ class Hello:
                 self.fail(None, "protocol")  # readable without progress: the peer closed mid-hello
                 return
             self.seen = len(data)
-            self.wait_for(hello.wanted)
+            if self.wait_for(hello.wanted):
+                self.watch()
             return
         self.stop_watching()
         self.acceptor.routed(self.conn, hello.server_name, hello.alpn, self.started)
 
-    def wait_for(self, total: int) -> None:
+    def wait_for(self, total: int) -> bool:
         """Readable again only when `total` bytes are queued (or the peer closed): no wake-up per segment."""
         if total != self.lowat:
             try:
@@ -171,10 +186,14 @@ class Hello:
                 self.lowat = total
             except OSError:
                 self.fail(None, "protocol")
+                return False
+        return True
 
     def stop_watching(self) -> None:
-        self.acceptor.loop.remove_reader(self.fd)
-        self.acceptor.hellos.discard(self)
+        if self.watching:
+            self.watching = False
+            self.acceptor.loop.remove_reader(self.fd)
+            self.acceptor.hellos.discard(self)
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -224,15 +243,13 @@ class TlsAcceptor:
         if listener.server is not None:
             listener.server.close()
             listener.server = None
-        server = TlsServer.__new__(TlsServer)
-        server.acceptor, server.sock, server.fd = self, listener.sock, -1
-        server.on_readable()
+        accept_some(self, listener.sock, DRAIN_LIMIT)
         listener.sock.close()
 
     def adopt(self, conn: socket.socket) -> None:
         conn.setblocking(False)
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.hellos.add(Hello(self, conn))
+        Hello(self, conn).on_readable()
 
     def failed(self, route: AppRoute | None, reason: str) -> None:
         self.stats_for(route).tls_failed(reason)
