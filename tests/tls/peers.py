@@ -45,18 +45,16 @@ class TlsEcho:
 
 
 def tls_roundtrip(port: int, name: str | None, context: ssl.SSLContext, payload: bytes = b"ping",
-                  alpn: list[str] | None = None) -> tuple[bytes, bytes]:
-    """Connect, handshake with `name` as SNI, send, read to the end: (the peer certificate's DER, the answer)."""
-    if alpn:
-        context.set_alpn_protocols(alpn)
+                  until: bytes | None = None) -> tuple[bytes, bytes]:
+    """Connect, handshake with `name` as SNI, send, read until the answer ends with `until` (default: the
+    payload) or the peer closes: (the peer certificate's DER, the answer)."""
+    until = payload if until is None else until
     with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
             context.wrap_socket(raw, server_hostname=name) as tls:
         der = tls.getpeercert(binary_form=True) or b""
         tls.sendall(payload)
-        if payload == b"ping":
-            return der, tls.recv(65536)
         answer = bytearray()
-        while len(answer) < len(payload):
+        while not answer.endswith(until):
             chunk = tls.recv(65536)
             if not chunk:
                 break

@@ -13,8 +13,9 @@ import subprocess
 import pytest
 from cryptography import x509
 
-from tests.support import wait_for
+from tests.support import can_connect, echo_roundtrip, free_ports, wait_for, write_config
 from tests.tls.peers import tls_roundtrip
+from tests.tls.pki import Authority
 
 
 def serial_of(der: bytes) -> int:
@@ -102,3 +103,28 @@ def test_replaced_certificate_file_is_served_without_dropping_connections(tls_se
         wait_for(serving_new, 15, "the replaced certificate to be served")
         held.sendall(b"after")
         assert held.recv(100) == b"after"
+
+
+def test_reload_adds_moves_and_removes_the_tls_port(tmp_path, start_echo, start_skiff) -> None:  # type: ignore[no-untyped-def]
+    """1. skiff serves one plain app. 2. A reload adds Tls.Ports and a terminated app without Ports: the TLS
+    port serves it, with ProxyProtocol v1 carrying the client's address to the target. 3. A reload moves the
+    TLS port: the new one serves, the old one is closed. 4. A reload removes Tls: the port is closed, the plain
+    app still serves."""
+    plain, target, first, second = free_ports(4)
+    ca = Authority(tmp_path)
+    issued = ca.issue("a", ["a.example.test"])
+    start_echo([target])
+    plain_app = {"Name": "plain", "Ports": [plain], "Targets": [f"127.0.0.1:{target}"]}
+    skiff = start_skiff([plain_app])
+    tls_app = {"Name": "a", "Hostnames": ["a.example.test"], "Targets": [f"127.0.0.1:{target}"],
+               "Certificate": str(issued.cert), "Key": str(issued.key), "ProxyProtocol": "v1"}
+    for version, port in ((2, first), (3, second)):
+        write_config(skiff.config, {"Tls": {"Ports": [port]}, "Apps": [plain_app, tls_app]})
+        skiff.wait_log(rf"config v{version} applied by 2/2 workers")
+        _, answer = tls_roundtrip(port, "a.example.test", ca.client_context())
+        assert answer.startswith(b"PROXY TCP4 127.0.0.1 127.0.0.1 ") and answer.endswith(b"ping"), answer
+    assert not can_connect(first)
+    write_config(skiff.config, [plain_app])
+    skiff.wait_log(r"config v4 applied by 2/2 workers")
+    assert not can_connect(second)
+    assert echo_roundtrip(plain) == b"ping"
