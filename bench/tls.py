@@ -17,6 +17,7 @@ import argparse
 import datetime
 import os
 import re
+import shutil
 import signal
 import socket
 import ssl
@@ -171,7 +172,8 @@ frontend tls
 backend plain
     server sink 127.0.0.1:{backend}
 """)
-    proc = subprocess.Popen(["haproxy", "-f", str(config), "-db"], stdout=subprocess.DEVNULL)
+    haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"  # /usr/sbin may be missing from PATH
+    proc = subprocess.Popen([haproxy, "-f", str(config), "-db"], stdout=subprocess.DEVNULL)
     wait_listening(port, proc)
     return Proxy("HAProxy nbthread 1", port, proc)
 
