@@ -4,8 +4,9 @@
     .venv/bin/python bench/tls.py --rounds 1 --duration 3            # a quick look
 
 Loads (interleaved per round, so drift hits both proxies alike):
-- full handshakes/s: `openssl s_time -new` (a new TCP connection and a full handshake each, no resumption),
-  CLIENTS of them in parallel; session tickets and caches are off on both proxies;
+- full handshakes/s: CLIENTS client processes, each a loop of: a new TCP connection, a full TLS 1.3 handshake
+  with SNI (no session offered: no resumption; `openssl s_time` cannot send SNI), close; session tickets and
+  caches are off on both proxies; the clients do not verify the certificate (they share the 2 cores);
 - bulk Gbit/s: one TLS client writing 256 KiB chunks through termination to a plaintext sink.
 Proxy CPU (user+system of every proxy process) is measured over each load and reported per handshake and
 per GB. Every process started here is stopped by PID on exit, failure and Ctrl-C alike.
@@ -39,7 +40,7 @@ from cryptography.x509.oid import NameOID
 
 REPO = Path(__file__).resolve().parent.parent
 NAME = "bench.example.test"
-CLIENTS = 2  # parallel s_time processes (the 2 cores also run the proxy and the backend)
+CLIENTS = 3  # parallel handshake clients (the 2 cores also run the proxy and the backend)
 CHUNK = 256 * 1024
 
 
@@ -158,7 +159,7 @@ def start_haproxy(directory: Path, pem: Path, backend: int) -> Proxy:
     config = directory / "haproxy.cfg"
     config.write_text(f"""global
     nbthread 1
-    maxconn 20000
+    maxconn 8000
     tune.ssl.cachesize 0
     ssl-default-bind-options no-tls-tickets
 defaults
@@ -182,19 +183,31 @@ def handshakes(proxy: Proxy, seconds: int) -> tuple[float, float]:
     """(full handshakes per second, proxy CPU seconds per handshake)."""
     cpu = proxy.cpu()
     started = time.monotonic()
-    clients = [subprocess.Popen(["openssl", "s_time", "-connect", f"127.0.0.1:{proxy.port}", "-new", "-time",
-                                 str(seconds), "-servername", NAME], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-               for _ in range(CLIENTS)]
+    clients = [subprocess.Popen([sys.executable, __file__, "--client", str(proxy.port), str(seconds)],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for _ in range(CLIENTS)]
     total = 0
     for client in clients:
         out, _ = client.communicate(timeout=seconds + 60)
-        found = re.search(rb"(\d+) connections in [\d.]+s", out)
+        found = re.search(rb"^(\d+) handshakes$", out, re.MULTILINE)
         if found is None:
-            raise RuntimeError(f"openssl s_time: {out.decode(errors='replace')[-300:]}")
+            raise RuntimeError(f"handshake client: {out.decode(errors='replace')[-300:]}")
         total += int(found.group(1))
     elapsed = time.monotonic() - started
     used = proxy.cpu() - cpu
     return total / elapsed, used / max(total, 1)
+
+
+def handshake_client(port: int, seconds: float) -> int:
+    """One client process: full handshakes, one after another, for `seconds`."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    done, deadline = 0, time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+                context.wrap_socket(raw, server_hostname=NAME):
+            done += 1
+    return done
 
 
 def bulk(proxy: Proxy, seconds: int) -> tuple[float, float]:
@@ -217,6 +230,9 @@ def bulk(proxy: Proxy, seconds: int) -> tuple[float, float]:
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["--client"]:
+        print(f"{handshake_client(int(argv[1]), float(argv[2]))} handshakes")
+        return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=int, default=8, help="seconds per load (default 8)")
@@ -256,18 +272,40 @@ def main(argv: list[str]) -> int:
 def render(results: dict[str, dict[str, list[float]]], args: argparse.Namespace) -> str:
     base = {k: statistics.median(v) for k, v in results["HAProxy nbthread 1"].items()}
     lines = [
-        "| proxy | full handshakes/s (x HAProxy) | proxy CPU per handshake | bulk Gbit/s (x HAProxy) | "
-        "proxy CPU s/GB |",
-        "|---|---|---|---|---|",
+        "# TLS termination: skiff -w 1 against HAProxy nbthread 1",
+        "",
+        "Written by `bench/tls.py` (`make bench`). Same run, same ECDSA P-256 certificate, TLS 1.3, no session "
+        "resumption or tickets on either proxy, plaintext to the same sink.",
+        f"Medians of {args.rounds} interleaved rounds, {args.duration} s per load, "
+        f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores shared with the "
+        f"clients ({CLIENTS} handshake loops, one bulk writer: Python `ssl`), the sink, and whatever else runs "
+        f"(load average {os.getloadavg()[0]:.1f} at the end).",
+        "",
+        "| proxy | full handshakes/s (x HAProxy) | proxy CPU per handshake (x HAProxy) | handshakes per core-second "
+        "(x HAProxy) | bulk Gbit/s (x HAProxy) | proxy CPU s/GB |",
+        "|---|---|---|---|---|---|",
     ]
+    verdicts = []
     for name, row in results.items():
         m = {k: statistics.median(v) for k, v in row.items()}
-        lines.append(f"| {name} | {m['hs']:,.0f} ({m['hs'] / base['hs']:.2f}) | {m['hs_cpu'] * 1e6:,.0f} us | "
+        per_core, base_core = 1 / m["hs_cpu"], 1 / base["hs_cpu"]
+        lines.append(f"| {name} | {m['hs']:,.0f} ({m['hs'] / base['hs']:.2f}) | {m['hs_cpu'] * 1e6:,.0f} us "
+                     f"({m['hs_cpu'] / base['hs_cpu']:.2f}) | {per_core:,.0f} ({per_core / base_core:.2f}) | "
                      f"{m['gbit']:.2f} ({m['gbit'] / base['gbit']:.2f}) | {m['gb_cpu']:.2f} |")
-    return (f"Medians of {args.rounds} interleaved rounds, {args.duration} s per load, "
-            f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores shared with the "
-            f"clients ({CLIENTS} x `openssl s_time -new`; one Python TLS client for bulk) and the sink.\n\n"
-            + "\n".join(lines) + "\n")
+        if name.startswith("skiff"):
+            verdicts = [
+                f"- handshakes >= 0.8x HAProxy per core: {per_core / base_core:.2f}x by CPU per handshake "
+                f"({'met' if per_core / base_core >= 0.8 else 'NOT met'}); {m['hs'] / base['hs']:.2f}x by rate "
+                "(the rate is bounded by the clients sharing the cores, so CPU per handshake is the per-core figure)",
+                f"- bulk >= 0.7x HAProxy: {m['gbit'] / base['gbit']:.2f}x "
+                f"({'met' if m['gbit'] / base['gbit'] >= 0.7 else 'NOT met'})",
+            ]
+    lines += ["", "Goals:", *verdicts, "", "Every round:", ""]
+    for name, row in results.items():
+        for i in range(len(row["hs"])):
+            lines.append(f"- {name}, round {i + 1}: {row['hs'][i]:,.0f} handshakes/s, {row['hs_cpu'][i] * 1e6:,.0f} us "
+                         f"CPU each; {row['gbit'][i]:.2f} Gbit/s, {row['gb_cpu'][i]:.2f} CPU s/GB")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
