@@ -247,8 +247,7 @@ class TlsAcceptor:
         listener.sock.close()
 
     def adopt(self, conn: socket.socket) -> None:
-        conn.setblocking(False)
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn.setblocking(False)  # (uvloop's transport sets TCP_NODELAY itself)
         Hello(self, conn).on_readable()
 
     def failed(self, route: AppRoute | None, reason: str) -> None:
