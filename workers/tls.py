@@ -82,8 +82,17 @@ class TlsRoutes:
                 self.routes[name] = route
             self.peek_timeout = max(self.peek_timeout, app.handshake_timeout)
         for name, pair in self.pairs.items():
-            reuse = previous is not None and previous.pairs.get(name) == pair
-            self.contexts[name] = old[name] if reuse else context_for(pair)
+            if previous is not None and previous.pairs.get(name) == pair:
+                if name in old:
+                    self.contexts[name] = old[name]
+                continue
+            try:
+                self.contexts[name] = context_for(pair)
+            except (ssl.SSLError, OSError, ValueError) as exc:
+                # Checked by the supervisor already; should OpenSSL still refuse it, that app's handshakes fail
+                # (counted as no_certificate) and the worker serves every other app.
+                log.error("cannot load the certificate of app %s: %s", name, exc,
+                          extra={"event": "certificate_failed", "app": name})
         self.challenges: dict[str, ssl.SSLContext] = {}  # hostname -> its ACME challenge context
 
     def route(self, server_name: str | None) -> AppRoute | None:
@@ -232,8 +241,14 @@ class TlsAcceptor:
         self.routes = TlsRoutes(config, by_name, certs, self.routes)
         self.routes.challenges = challenges
 
-    def add_challenge(self, name: str, pair: CertPair) -> None:
-        self.routes.challenges[name] = context_for(pair, [ACME_ALPN.decode()])
+    def add_challenge(self, name: str, pair: CertPair) -> bool:
+        try:
+            self.routes.challenges[name] = context_for(pair, [ACME_ALPN.decode()])
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            log.error("cannot load the ACME challenge certificate for %s: %s", name, exc,
+                      extra={"event": "certificate_failed"})
+            return False
+        return True
 
     def serve(self, listener: Listener) -> None:
         listener.server = TlsServer(self, listener.sock)

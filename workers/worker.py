@@ -259,8 +259,8 @@ class Worker:
             self.snapshot = replace(self.snapshot, certs={**self.snapshot.certs, **issued})
             self.apply_tls(self.snapshot)
         elif kind == "challenge":
-            self.tls.add_challenge(str(message["name"]), CertPair(str(message["cert"]), str(message["key"])))
-            self.send({"t": "challenge_loaded", "name": message["name"]})
+            if self.tls.add_challenge(str(message["name"]), CertPair(str(message["cert"]), str(message["key"]))):
+                self.send({"t": "challenge_loaded", "name": message["name"]})  # else the order times out
         else:
             self.tls.routes.challenges.pop(str(message["name"]), None)
 
