@@ -12,8 +12,10 @@ of its life. A failed order is retried with exponential backoff.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
+import re
 import resource
 import selectors
 import signal
@@ -26,7 +28,6 @@ from typing import TYPE_CHECKING, Any
 import setproctitle
 from cryptography import x509
 
-from control.acme_helper import run_helper, stored_paths
 from control.handle import WorkerHandle, WorkerState
 from proxy.certfiles import CertPair, check_pair
 from proxy.config import App
@@ -44,6 +45,12 @@ HELPER_RESPAWN = 1.0
 BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 600.0
 RENEW_AT = 2 / 3  # of a certificate's lifetime
+
+
+def stored_paths(state_dir: Path, app: str) -> tuple[Path, Path]:
+    """Where an app's issued certificate and key live (the name made safe, with a hash so two never clash)."""
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", app)[:64] + "-" + hashlib.sha256(app.encode()).hexdigest()[:8]
+    return state_dir / "certs" / f"{stem}.crt", state_dir / "certs" / f"{stem}.key"
 
 
 def wanted_apps(apps: tuple[App, ...]) -> dict[str, tuple[str, ...]]:
@@ -300,7 +307,9 @@ class AcmeManager:
 
 
 def _helper_main(sock: socket.socket, settings: Acme, state_dir: Path) -> int:
-    """The helper child's first acts: default signals, nothing inherited but its channel, no capabilities."""
+    """The helper child's first acts: default signals, nothing inherited but its channel, no capabilities.
+    The `acme` library (and requests) is imported here, so neither the supervisor nor its workers carry it."""
+    from control.acme_helper import run_helper
     from workers.privileges import PrivilegeError, drop_all_capabilities
 
     signal.set_wakeup_fd(-1)

@@ -16,7 +16,6 @@ import datetime
 import hashlib
 import logging
 import os
-import re
 import socket
 from pathlib import Path
 from typing import Any, cast
@@ -29,6 +28,7 @@ from cryptography.x509.oid import NameOID
 from josepy.jwa import ES256
 from josepy.jwk import JWK, JWKEC
 
+from control.acme import stored_paths
 from proxy.framing import FrameDecoder, encode
 from proxy.tlsconfig import Acme
 
@@ -80,12 +80,6 @@ def _pem_cert(cert: x509.Certificate) -> str:
 def _pem_key(key: ec.EllipticCurvePrivateKey) -> str:
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption()).decode()
-
-
-def stored_paths(state_dir: Path, app: str) -> tuple[Path, Path]:
-    """Where an app's issued certificate and key live (the name made safe, with a hash so two never clash)."""
-    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", app)[:64] + "-" + hashlib.sha256(app.encode()).hexdigest()[:8]
-    return state_dir / "certs" / f"{stem}.crt", state_dir / "certs" / f"{stem}.key"
 
 
 def write_private(path: Path, data: str) -> None:
