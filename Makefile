@@ -39,10 +39,12 @@ test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The benchmark against HAProxy (not part of `make test`): installs haproxy, nginx, wrk and iperf3 when
-# missing, runs 3 interleaved rounds (about 10 minutes) and writes bench/BENCHMARKS.md.
+# missing, runs 3 interleaved rounds (about 10 minutes) and writes bench/BENCHMARKS.md; then TLS termination
+# against HAProxy (about 2 minutes) into bench/TLS.md.
 bench: setup
 	bash bench/setup.sh
 	$(PY) bench/run.py --rounds 3 --out bench/BENCHMARKS.md
+	$(PY) bench/tls.py --rounds 3 --out bench/TLS.md
 
 # Connection rate only, in minutes: HAProxy, the floor relay, skiff -w 1 and -w 2, 3 interleaved rounds of 5 s.
 # A/B against a git ref: `make bench-conn AB=main` adds that ref's skiff (exported with git archive) as a target.

@@ -186,6 +186,10 @@ def serve(args: argparse.Namespace, log: logging.Logger, config: Config, source:
     except SteeringUnavailable as exc:
         log.error("%s", exc, extra={"event": "steering_failed", "error": str(exc)})
         return 1
+    if steering.mode == "bpf" and config.tls is not None:
+        problem = "Tls.Ports: TLS ports are served with --steering reuseport only (not by bpf steering yet)"
+        log.error("%s", problem, extra={"event": "config_invalid", "error": problem})
+        return 1
     options = Options(config_path=Path(args.config), workers=args.workers, grace=args.grace, bind=args.bind,
                       watch=args.watch, steering=steering.mode, instance=args.instance,
                       bpf_object=args.bpf_object, bpf_pin_root=args.bpf_pin_root, metrics=args.metrics,

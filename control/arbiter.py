@@ -20,11 +20,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import setproctitle
 
 from bpf.errors import SteeringError
+from control.acme import AcmeManager
+from control.certs import CertKeeper
 from control.fdstore import FdStore, keep_for_restart, names_for
 from control.handle import WorkerHandle, WorkerState
 from control.handover import Handover, Takeover
@@ -105,6 +107,8 @@ class Supervisor:
         self.notifier = Notifier.from_environment()  # before any fork: workers must not inherit NOTIFY_SOCKET
         self.http: HttpServer | None = None
         self.observer = Observer(self)
+        self.certs = CertKeeper()  # TLS certificates and ACME (control/certs.py, control/acme.py)
+        self.acme = AcmeManager(self)
         # Config source hook: where the config comes from and when a reload is due (control/sources/).
         self.source: ConfigSource = options.source or FileSource(options.config_path)
         self.handover = Handover(self.selector, self.listeners)  # our side when a successor takes over from us
@@ -195,7 +199,7 @@ class Supervisor:
                 log.exception("supervisor: %s failed; carrying on", name, extra={"event": "supervisor_error"})
 
     def next_timeout(self) -> float | None:
-        deadlines = [t for t in (self.kill_at, self.source.deadline()) if t is not None]
+        deadlines = [t for t in (self.kill_at, self.source.deadline(), self.acme.deadline()) if t is not None]
         deadlines += self.pool.deadlines() + self.reloads.deadlines()
         if self.http is not None and (deadline := self.http.next_deadline()) is not None:
             deadlines.append(deadline)
@@ -208,6 +212,7 @@ class Supervisor:
         if self.http is not None:
             self.http.expire(now)
         self.source.run_timers(now)
+        self.acme.run_timers(now)
         self.pool.run_timers(now)
         self.reloads.run_timers(now)
         if self.kill_at is not None and self.kill_at <= now:
@@ -259,6 +264,7 @@ class Supervisor:
             self.http.abandon()
         self.notifier.close()
         self.source.close_in_child()
+        self.acme.close_in_child()
         self.wake_r.close()
         self.wake_w.close()
         if self.watcher is not None:
@@ -290,6 +296,11 @@ class Supervisor:
             if self.takeover is not None:
                 self.takeover.workers_ready()
         self.reloads.check_pending()
+
+    def worker_message(self, handle: WorkerHandle, message: dict[str, Any]) -> None:
+        """A message the pool does not handle itself."""
+        if message.get("t") == "challenge_loaded":
+            self.acme.worker_loaded(handle, message)
 
     def worker_gone(self, handle: WorkerHandle) -> None:
         # Its connections died with it: their counts must not hold other workers' clients at a limit until the
@@ -365,6 +376,7 @@ class Supervisor:
         self.notifier.close()
         self.fdstore.close()
         self.source.close()
+        self.acme.close()
         self.listeners.stop()
         if self.watcher is not None:
             self.watcher.close()

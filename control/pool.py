@@ -112,6 +112,8 @@ class WorkerPool:
         elif kind == "ack":
             handle.acked_version = max(handle.acked_version, int(message["version"]))
             self.supervisor.reloads.check_pending()
+        else:
+            self.supervisor.worker_message(handle, message)
 
     def all_ready(self) -> bool:
         return len(self.handles) == self.size and all(h.state is WorkerState.READY for h in self.handles.values())

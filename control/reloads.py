@@ -101,12 +101,12 @@ class Reloader:
         current = s.snapshot
         try:
             config = s.source.load()
+            new = next_snapshot(current, config)  # reads the certificate files the config names
         except ConfigError as exc:
             self.failed(trigger, str(exc))
             if announce:
                 self.ready_again()
             return
-        new = next_snapshot(current, config)
         if new is None:
             level = logging.INFO if trigger == "SIGHUP" else logging.DEBUG
             log_event(log, level, "reload_unchanged", f"{trigger}: config unchanged, still v{current.version}",
@@ -138,6 +138,7 @@ class Reloader:
             s.counters.set_health(cell, 0)  # a reused cell starts in rotation, like any new target
         s.cells = cells
         new = replace(new, cells=cells.cells, revision=s.source.revision())
+        new = replace(new, certs=s.certs.merged(new))  # with the certificates ACME issued
         s.snapshot = new
         self.pending.append(PendingReload(new.version, time.monotonic(), change, config.ports))
         frame = encode({"t": "snapshot", "snapshot": new.to_wire()})

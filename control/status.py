@@ -24,9 +24,10 @@ from control.http import MAX_CONNECTIONS, HttpServer, render
 from control.metrics import Job, MetricsCache
 from control.page import PageModel
 from proxy import failpoints
-from proxy.counters import CellMap
+from proxy.counters import TLS_KEY, CellMap
 from proxy.exposition import TOTAL, AppCells, ProcessInfo, current_apps, listing, status_apps
 from proxy.exposition import render as render_metrics
+from proxy.tlsexposition import tls_families
 
 if TYPE_CHECKING:
     from control.arbiter import Supervisor
@@ -116,6 +117,9 @@ class Observer:
         info = self.process_info()  # the BPF counters are read here: the child has no descriptors
         cells, table, current = s.cells, s.counters, self.current_apps()
         source_families = s.source.metrics_text()
+        tls_apps = frozenset(a.name for a in s.snapshot.config.apps if a.hostnames)  # TLS: workers/tls.py
+        expiry, orders, unrouted = s.certs.expiry(s.snapshot.config, s.snapshot.certs), dict(s.certs.orders), \
+            cells.cells.get(TLS_KEY)
 
         def job() -> bytes:
             reading = table.read(cells.fresh)
@@ -123,7 +127,8 @@ class Observer:
             info.worker_usage = [(slot, rss, cpu) for slot, (rss, cpu) in sorted(self.worker_usage().items())]
             if failpoints.active("metrics-render"):
                 raise RuntimeError("failpoint metrics-render: rendering /metrics fails on purpose")
-            return render(200, CONTENT_TYPE_LATEST, render_metrics(apps, reading, info) + source_families)
+            tls = tls_families(apps, tls_apps, unrouted, reading, expiry, orders) if tls_apps else b""
+            return render(200, CONTENT_TYPE_LATEST, render_metrics(apps, reading, info) + tls + source_families)
 
         return job
 

@@ -68,6 +68,7 @@ def symlink_chain(path: Path) -> dict[Path, set[str]]:
 class ConfigWatcher:
     def __init__(self, path: Path) -> None:
         self.path = path.absolute()
+        self.extra: tuple[Path, ...] = ()  # files the config names (TLS certificates): a change to one reloads too
         self.inotify = INotify()
         self.watches: dict[Path, int] = {}  # directory -> watch descriptor
         self.names: dict[int, set[str]] = {}  # watch descriptor -> the names in it that matter
@@ -81,6 +82,10 @@ class ConfigWatcher:
         """
         wanted = symlink_chain(self.path)
         wanted.setdefault(self.path.parent, set()).add(self.path.name)
+        for path in self.extra:
+            for directory, extra_names in symlink_chain(path).items():
+                wanted.setdefault(directory, set()).update(extra_names)
+            wanted.setdefault(path.parent, set()).add(path.name)
         watches: dict[Path, int] = {}
         names: dict[int, set[str]] = {}
         for directory, wanted_names in wanted.items():
@@ -98,6 +103,13 @@ class ConfigWatcher:
             except OSError:
                 pass  # Already gone with its directory.
         self.watches, self.names = watches, names
+
+    def watch_also(self, paths: list[Path]) -> None:
+        """Watch these files (and their symlink chains) as well, instead of the ones given before."""
+        extra = tuple(sorted({path.absolute() for path in paths}))
+        if extra != self.extra:
+            self.extra = extra
+            self.follow()
 
     def fileno(self) -> int:
         fd: int = self.inotify.fileno()

@@ -18,11 +18,22 @@ from typing import Any
 import orjson
 
 from proxy.errors import ConfigError, ConfigUnreadable
+from proxy.tlsconfig import (
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_TLS_MODE,
+    TlsSettings,
+    check_app,
+    check_tls,
+    parse_file,
+    parse_hostnames,
+    parse_tls,
+    parse_tls_mode,
+)
 
 DEFAULT_CONNECT_TIMEOUT = 2.0
 DEFAULT_IDLE_TIMEOUT = 3600.0
 
-REQUIRED_APP_FIELDS = ("Name", "Ports", "Targets")
+REQUIRED_APP_FIELDS = ("Name", "Ports", "Targets")  # Ports may be left out by an app with Hostnames
 PROXY_PROTOCOLS = ("v1", "v2")
 MAX_CONNECTIONS = 10_000_000  # the highest limit a config may set; far above what one host can hold
 
@@ -69,20 +80,37 @@ class App:
     health_check: HealthCheck | None = None
     proxy_protocol: str | None = None  # "v1" or "v2"
     retry_on_reset: bool = False  # replay the client's bytes to another target after a reset before any answer
+    # TLS (proxy/tlsconfig.py): served on Tls.Ports, routed by SNI; Certificate and Key are file paths.
+    hostnames: tuple[str, ...] = ()
+    tls_mode: str | None = None  # None: "terminate" (DEFAULT_TLS_MODE) for an app with Hostnames
+    certificate: str | None = None
+    key: str | None = None
+    tls_handshake_timeout: float | None = None  # None: DEFAULT_HANDSHAKE_TIMEOUT
+
+    @property
+    def terminates(self) -> bool:
+        return bool(self.hostnames) and (self.tls_mode or DEFAULT_TLS_MODE) == "terminate"
+
+    @property
+    def handshake_timeout(self) -> float:
+        return self.tls_handshake_timeout or DEFAULT_HANDSHAKE_TIMEOUT
 
     def to_document(self) -> dict[str, Any]:
-        document: dict[str, Any] = {
-            "Name": self.name,
-            "Ports": list(self.ports),
-            "Targets": [str(t) for t in self.targets],
-        }
+        document: dict[str, Any] = {"Name": self.name}
+        if self.ports or not self.hostnames:
+            document["Ports"] = list(self.ports)
+        document["Targets"] = [str(t) for t in self.targets]
+        if self.hostnames:
+            document["Hostnames"] = list(self.hostnames)
         if self.connect_timeout != DEFAULT_CONNECT_TIMEOUT:
             document["ConnectTimeout"] = self.connect_timeout
         if self.idle_timeout != DEFAULT_IDLE_TIMEOUT:
             document["IdleTimeout"] = self.idle_timeout
         for name, value in (("HalfCloseTimeout", self.half_close_timeout), ("SoftLimit", self.soft_limit),
                             ("HardLimit", self.hard_limit), ("MaxConns", self.max_conns),
-                            ("ProxyProtocol", self.proxy_protocol)):
+                            ("ProxyProtocol", self.proxy_protocol), ("TlsMode", self.tls_mode),
+                            ("Certificate", self.certificate), ("Key", self.key),
+                            ("TlsHandshakeTimeout", self.tls_handshake_timeout)):
             if value is not None:
                 document[name] = value
         if self.health_check is not None:
@@ -94,9 +122,11 @@ class App:
 
 @dataclass(frozen=True, slots=True)
 class Config:
-    """A validated config: apps in document order; every port belongs to exactly one app."""
+    """A validated config: apps in document order; every port belongs to exactly one app, or to Tls.Ports
+    (shared by the apps with Hostnames)."""
 
     apps: tuple[App, ...]
+    tls: TlsSettings | None = None
     app_by_port: dict[int, App] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -104,14 +134,22 @@ class Config:
 
     @property
     def ports(self) -> frozenset[int]:
-        return frozenset(self.app_by_port)
+        """Every port listened on: the apps' own and the TLS ports."""
+        return frozenset(self.app_by_port).union(self.tls.ports if self.tls is not None else ())
+
+    @property
+    def tls_ports(self) -> frozenset[int]:
+        return frozenset(self.tls.ports) if self.tls is not None else frozenset()
 
     def to_document(self) -> dict[str, Any]:
-        return {"Apps": [app.to_document() for app in self.apps]}
+        document: dict[str, Any] = {"Apps": [app.to_document() for app in self.apps]}
+        if self.tls is not None:
+            document["Tls"] = self.tls.to_document()
+        return document
 
     def summary(self) -> str:
         targets = sum(len(a.targets) for a in self.apps)
-        return f"{_count(len(self.apps), 'app')}, {_count(len(self.app_by_port), 'port')}, {_count(targets, 'target')}"
+        return f"{_count(len(self.apps), 'app')}, {_count(len(self.ports), 'port')}, {_count(targets, 'target')}"
 
 
 def _count(n: int, noun: str) -> str:
@@ -124,7 +162,11 @@ def load_config(path: Path) -> Config:
         data = path.read_bytes()
     except OSError as exc:
         raise ConfigUnreadable("", f"cannot read {path}: {exc.strerror or exc}") from None
-    return parse_config(data)
+    config = parse_config(data)
+    from proxy.certfiles import read_pairs  # certfiles imports this module
+
+    read_pairs(config)  # the certificate files are part of the config: a bad one is reported like a bad field
+    return config
 
 
 def parse_config(data: bytes) -> Config:
@@ -138,9 +180,9 @@ def parse_config(data: bytes) -> Config:
 def parse_document(document: Any) -> Config:
     if not isinstance(document, dict):
         raise ConfigError("", f"the document must be an object with an Apps list, not {_kind(document)}")
-    unknown = sorted(set(document) - {"Apps"})
+    unknown = sorted(set(document) - {"Apps", "Tls"})
     if unknown:
-        raise ConfigError(unknown[0], 'unknown field (the document has only "Apps")')
+        raise ConfigError(unknown[0], 'unknown field (the document has only "Apps" and "Tls")')
     if "Apps" not in document:
         raise ConfigError("Apps", "missing")
     apps_doc = document["Apps"]
@@ -160,14 +202,16 @@ def parse_document(document: Any) -> Config:
                 raise ConfigError(f"Apps[{i}].Ports[{j}]", f"port {port} is already used {where}")
             owner[port] = f"Apps[{i}]"
         apps.append(app)
-    return Config(tuple(apps))
+    tls = parse_tls("Tls", document["Tls"]) if "Tls" in document else None
+    check_tls(tls, tuple(apps), owner)
+    return Config(tuple(apps), tls)
 
 
 def _parse_app(path: str, doc: Any) -> App:
     if not isinstance(doc, dict):
         raise ConfigError(path, f"must be an object, not {_kind(doc)}")
     for name in REQUIRED_APP_FIELDS:
-        if name not in doc:
+        if name not in doc and not (name == "Ports" and "Hostnames" in doc):
             raise ConfigError(f"{path}.{name}", "missing")
     known = set(REQUIRED_APP_FIELDS) | set(OPTIONAL_APP_FIELDS)
     for name in doc:
@@ -180,12 +224,13 @@ def _parse_app(path: str, doc: Any) -> App:
     }
     app = App(
         name=_parse_name(f"{path}.Name", doc["Name"]),
-        ports=_parse_ports(f"{path}.Ports", doc["Ports"]),
+        ports=_parse_ports(f"{path}.Ports", doc["Ports"], allow_none="Hostnames" in doc) if "Ports" in doc else (),
         targets=_parse_targets(f"{path}.Targets", doc["Targets"]),
         **options,
     )
     if app.soft_limit is not None and app.max_conns is not None and app.soft_limit > app.max_conns:
         raise ConfigError(f"{path}.SoftLimit", f"{app.soft_limit} is above MaxConns ({app.max_conns})")
+    check_app(path, app)
     return app
 
 
@@ -203,10 +248,10 @@ def _parse_name(path: str, value: Any) -> str:
     return value
 
 
-def _parse_ports(path: str, value: Any) -> tuple[int, ...]:
+def _parse_ports(path: str, value: Any, allow_none: bool = False) -> tuple[int, ...]:
     if not isinstance(value, list):
         raise ConfigError(path, f"must be a list of ports, not {_kind(value)}")
-    if not value:
+    if not value and not allow_none:
         raise ConfigError(path, "must list at least one port")
     ports: list[int] = []
     for j, port in enumerate(value):
@@ -330,6 +375,11 @@ OPTIONAL_APP_FIELDS: dict[str, Callable[[str, Any], Any]] = {
     "HealthCheck": _parse_health_check,
     "ProxyProtocol": _parse_proxy_protocol,
     "RetryOnReset": _parse_flag,
+    "Hostnames": parse_hostnames,
+    "TlsMode": parse_tls_mode,
+    "Certificate": parse_file,
+    "Key": parse_file,
+    "TlsHandshakeTimeout": partial(_parse_seconds, lowest=0.01, highest=300.0),
 }
 
 

@@ -10,6 +10,8 @@ ones too) inherits the same pages; pages are only touched when used, so it is si
     down      workers x cap   gauge: 1 while that worker's passive marking has the target down
     records   (workers + 1) x cap x RECORD   monotonic counters; row `workers` is the retired row
               app cell:    total failed failovers refused bytes_in bytes_out connect_ns buckets[BUCKETS]
+                           then TLS: handshakes, failures by TLS_REASONS, handshake_ns, tls_buckets[TLS_BUCKETS]
+                           (the cell keyed TLS_KEY counts the failures before an app is known: no SNI, ...)
               target cell: connects, then failed connects by reason (REASONS)
     checks    1 x cap         last active check of the target: epoch ms << 4 | outcome (0 passed, else 1 +
                               its REASONS index), 0 when never checked (written by the worker that checks it)
@@ -55,7 +57,14 @@ BUCKETS = len(CONNECT_BUCKETS) + 1
 APP_SCALARS = ("total", "failed", "failovers", "refused", "bytes_in", "bytes_out", "connect_ns")
 FIRST_BUCKET = len(APP_SCALARS)
 REASONS = ("refused", "timeout", "dns", "unreachable", "error")  # why a connect to a target failed
-RECORD = FIRST_BUCKET + BUCKETS  # int64s per cell in a records row
+# TLS handshakes (workers/tls.py): the failure reasons, and the handshake-duration histogram's upper bounds.
+TLS_REASONS = ("unknown_sni", "no_certificate", "timeout", "not_tls", "protocol")
+HANDSHAKE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+TLS_BUCKETS = len(HANDSHAKE_BUCKETS) + 1
+TLS_KEY = "\ntls"  # the cell of TLS failures not attributable to an app (no app name starts with a newline)
+FIRST_TLS = FIRST_BUCKET + BUCKETS
+FIRST_TLS_BUCKET = FIRST_TLS + 2 + len(TLS_REASONS)
+RECORD = FIRST_TLS_BUCKET + TLS_BUCKETS  # int64s per cell in a records row
 _I64 = ctypes.c_int64
 
 
@@ -63,7 +72,9 @@ class AppStats(ctypes.Structure):
     """One app's monotonic counters in one worker: its record in the worker's row (private memory when the
     worker has no table). The data path adds to the fields directly: nothing is collected or pushed."""
 
-    _fields_ = [*((name, _I64) for name in APP_SCALARS), ("buckets", _I64 * BUCKETS)]
+    _fields_ = [*((name, _I64) for name in APP_SCALARS), ("buckets", _I64 * BUCKETS), ("handshakes", _I64),
+                *((f"tls_{reason}", _I64) for reason in TLS_REASONS), ("handshake_ns", _I64),
+                ("tls_buckets", _I64 * TLS_BUCKETS)]
     total: int
     failed: int
     failovers: int
@@ -72,6 +83,18 @@ class AppStats(ctypes.Structure):
     bytes_out: int  # to clients
     connect_ns: int  # sum of connect latencies
     buckets: Any
+    handshakes: int
+    handshake_ns: int
+    tls_buckets: Any
+
+    def observe_handshake(self, seconds: float) -> None:
+        self.handshakes += 1
+        self.tls_buckets[bisect.bisect_left(HANDSHAKE_BUCKETS, seconds)] += 1
+        self.handshake_ns += int(seconds * 1e9)
+
+    def tls_failed(self, reason: str) -> None:
+        name = f"tls_{reason}"
+        setattr(self, name, getattr(self, name) + 1)
 
     def observe_connect(self, seconds: float) -> None:
         self.buckets[bisect.bisect_left(CONNECT_BUCKETS, seconds)] += 1
@@ -275,7 +298,7 @@ def check_outcome(value: int) -> tuple[float, str | None] | None:
 
 def cell_keys(config: Config) -> list[str]:
     """One key per app and per (app, target); names hold no control characters, so a newline separates."""
-    keys = []
+    keys = [TLS_KEY] if config.tls is not None else []
     for app in config.apps:
         keys.append(app.name)
         keys.extend(f"{app.name}\n{target}" for target in app.targets)

@@ -66,8 +66,8 @@ def plan(old: Config, new: Config) -> Plan:
         if added or removed:
             changes[name] = TargetChange(added, removed)
     return Plan(
-        added_ports=frozenset(new_ports.keys() - old_ports.keys()),
-        removed_ports=frozenset(old_ports.keys() - new_ports.keys()),
+        added_ports=new.ports - old.ports,  # the apps' own ports and Tls.Ports
+        removed_ports=old.ports - new.ports,
         moved_ports=moved,
         added_apps=frozenset(new_apps.keys() - old_apps.keys()),
         removed_apps=frozenset(old_apps.keys() - new_apps.keys()),

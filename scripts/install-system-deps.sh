@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs the Debian packages skiff needs, only when something is missing: clang/llvm and libbpf-dev build the
 # BPF program, libbpf1 loads it, iptables and iproute2 serve the tests (blackholed targets, network namespaces),
-# etcd-server and etcd-client are the clustered config source (and its tests' 3-member cluster); chromium and
-# chromium-driver drive the status page's browser test (selenium), prometheus (with promtool) scrapes skiff in a
-# test and checks the shipped alert rules.
+# etcd-server and etcd-client are the clustered config source (and its tests' 3-member cluster); pebble is the
+# ACME server of the TLS tests (pebble and pebble-challtestsrv); chromium and chromium-driver drive the status
+# page's browser test (selenium), prometheus (with promtool) scrapes skiff in a test and checks the shipped
+# alert rules.
 set -euo pipefail
 
 missing=()
@@ -18,6 +19,7 @@ command -v etcdctl >/dev/null 2>&1 || missing+=(etcd-client)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 [ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
 command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
+command -v pebble >/dev/null 2>&1 || missing+=(pebble)
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

@@ -6,6 +6,7 @@ import asyncio
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 # The accept queue length for every listening socket. The supervisor listens with it and the worker repeats it,
 # since uvloop calls listen() again on a socket it is handed.
@@ -15,11 +16,17 @@ BACKLOG = 4096
 DRAIN_LIMIT = 65536
 
 
+class Server(Protocol):
+    """What serves a port: uvloop's server, or a TLS port's accept loop (workers/tls.py)."""
+
+    def close(self) -> None: ...
+
+
 @dataclass(slots=True, eq=False)
 class Listener:
     port: int
     sock: socket.socket  # this process's descriptor; uvloop serves a duplicate
-    server: asyncio.AbstractServer | None = None
+    server: Server | None = None
 
 
 async def serve(listener: Listener, factory: Callable[[], asyncio.Protocol]) -> None:

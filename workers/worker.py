@@ -13,7 +13,7 @@ import random
 import signal
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import setproctitle
@@ -21,7 +21,8 @@ import uvloop
 
 from proxy import failpoints, proxyproto
 from proxy.balancer import TargetState
-from proxy.counters import CounterTable
+from proxy.certfiles import CertPair
+from proxy.counters import TLS_KEY, AppStats, CounterTable
 from proxy.logs import log_event
 from proxy.snapshot import Snapshot
 from workers.barrier import CallbackErrors, client_side_class
@@ -35,6 +36,7 @@ from workers.privileges import PrivilegeError, drop_all_capabilities
 from workers.relay import ClientSide
 from workers.resolver import Resolver
 from workers.routes import AppRoute, RoutingTable, build_table
+from workers.tls import TlsAcceptor, TlsServer
 
 log = logging.getLogger("worker")
 
@@ -83,8 +85,27 @@ class Worker:
         self.exit_code = EXIT_OK
         self.channel = SupervisorChannel(self.loop, channel, slot, self.control.put_nowait, self.begin_stop)
         self.callback_errors = CallbackErrors(slot)
+        self.tls_stats = AppStats()  # TLS failures before an app is known (bound to the TLS_KEY cell)
+        self.tls = TlsAcceptor(self, self.tls_stats_for, self.guard.exhausted)
+        self.apply_tls(snapshot)
 
     # --- connections ---------------------------------------------------------------------------------
+    async def serve(self, listener: Listener) -> None:
+        """Start serving a port: a TLS port reads each hello first (workers/tls.py)."""
+        if listener.port in self.tls.routes.ports:
+            self.tls.serve(listener)
+        else:
+            await serve(listener, self.factory_for(listener.port))
+
+    def apply_tls(self, snapshot: Snapshot) -> None:
+        self.tls.apply(snapshot.config, self.table.apps, snapshot.certs)
+        cell = snapshot.cells.get(TLS_KEY)
+        if self.options.counters is not None and cell is not None:
+            self.tls_stats = self.options.counters.app_stats(self.slot, cell)
+
+    def tls_stats_for(self, route: AppRoute | None) -> AppStats:
+        return route.stats if route is not None else self.tls_stats
+
     def factory_for(self, port: int) -> Any:
         if failpoints.configured("relay-callback"):  # tests only: the plain factories below cost nothing extra
             if self.options.steered:
@@ -101,6 +122,9 @@ class Worker:
         return self.table.by_port.get(port) or self.retired.get(port)
 
     def drain(self, listener: Listener, factory: Any) -> None:
+        if listener.port in self.tls.routes.ports or isinstance(listener.server, TlsServer):
+            self.tls.drain(listener)
+            return
         for task in drain(listener, factory):
             self.adopting.add(task)
             task.add_done_callback(self._adopted)
@@ -166,9 +190,9 @@ class Worker:
     def resume_accepting(self) -> None:
         if self.stopping:
             return
-        for port, listener in self.listeners.items():
+        for listener in self.listeners.values():
             if listener.server is None:
-                task = self.loop.create_task(serve(listener, self.factory_for(port)))
+                task = self.loop.create_task(self.serve(listener))
                 self.resuming.add(task)
                 task.add_done_callback(self._resumed)
 
@@ -222,11 +246,27 @@ class Worker:
                     await self.apply_snapshot(message)
                 elif kind == "drain":
                     self.begin_stop()
+                elif kind in ("certs", "challenge", "challenge_done"):
+                    self.on_certificates(message)
         except Exception:
             log.exception("worker %d: the control path failed; exiting to be respawned", self.slot,
                           extra={"event": "worker_crashed", "worker": self.slot})
             self.exit_code = EXIT_CRASHED
             self.stopped.set()
+
+    def on_certificates(self, message: dict[str, Any]) -> None:
+        """ACME (control/acme.py): an issued certificate joins the snapshot's; a challenge certificate is served
+        for ALPN acme-tls/1 from now on, which the supervisor learns before the challenge is answered."""
+        kind = message["t"]
+        if kind == "certs":
+            issued = {str(k): CertPair(str(c), str(key)) for k, (c, key) in message["certs"].items()}
+            self.snapshot = replace(self.snapshot, certs={**self.snapshot.certs, **issued})
+            self.apply_tls(self.snapshot)
+        elif kind == "challenge":
+            if self.tls.add_challenge(str(message["name"]), CertPair(str(message["cert"]), str(message["key"]))):
+                self.send({"t": "challenge_loaded", "name": message["name"]})  # else the order times out
+        else:
+            self.tls.routes.challenges.pop(str(message["name"]), None)
 
     async def apply_snapshot(self, message: dict[str, Any]) -> None:
         started = time.perf_counter()
@@ -242,6 +282,7 @@ class Worker:
         old_table = self.table
         self.table = build_table(snapshot.version, snapshot.config, old_table)
         self.policy.bind(self.table, snapshot.cells)
+        self.apply_tls(snapshot)
         if self.health is not None and not self.stopping:
             self.health.apply(self.table, snapshot.cells)
         # Routes of removed ports stay known (until a port comes back): in bpf mode a port leaves the kernel's
@@ -251,11 +292,12 @@ class Worker:
             self.retired.pop(port, None)
         self.snapshot = snapshot
         removed = [] if self.options.steered else [
-            self.listeners.pop(p) for p in list(self.listeners) if p not in self.table.by_port]
+            self.listeners.pop(p) for p in list(self.listeners)
+            if p not in self.table.by_port and p not in self.tls.routes.ports]
         if not self.stopping:
             for port, sock in sockets.items():
                 listener = self.listeners[port] = Listener(port, sock)
-                await serve(listener, self.factory_for(port))
+                await self.serve(listener)
         else:
             for sock in sockets.values():
                 sock.close()
@@ -271,8 +313,8 @@ class Worker:
         self.loop.set_exception_handler(self.callback_errors.handle)
         self.channel.start()
         self.loop.add_signal_handler(signal.SIGTERM, self.on_sigterm)
-        for port, listener in self.listeners.items():
-            await serve(listener, self.factory_for(port))
+        for listener in self.listeners.values():
+            await self.serve(listener)
         control = self.loop.create_task(self.handle_control())
         self.guard.recount(0)
         if self.health is not None:
@@ -304,6 +346,7 @@ class Worker:
         for listener in self.listeners.values():
             self.drain(listener, self.factory_for(listener.port))
         self.listeners.clear()
+        self.tls.stop()
         self.loop.call_later(self.options.grace, self.force_stop)
         self.check_stopped()
 

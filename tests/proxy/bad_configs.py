@@ -23,7 +23,7 @@ BAD_CONFIGS: list[tuple[bytes, str]] = [
     (b"{}", "Apps: missing"),
     (b'{"Apps": {}}', "Apps: must be a list of apps, not an object"),
     (b'{"Apps": null}', "Apps: must be a list of apps, not null"),
-    (b'{"Apps": [], "Extra": 1}', 'Extra: unknown field (the document has only "Apps")'),
+    (b'{"Apps": [], "Extra": 1}', 'Extra: unknown field (the document has only "Apps" and "Tls")'),
     (apps('"app"'), "Apps[0]: must be an object, not a string"),
     (apps(GOOD_APP, "[]"), "Apps[1]: must be an object, not a list"),
     (one('{"Ports": [1], "Targets": ["a:1"]}'), "Apps[0].Name: missing"),
