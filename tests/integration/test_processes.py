@@ -10,6 +10,7 @@ import signal
 import socket
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -285,8 +286,11 @@ def test_worker_dying_again_and_again_is_respawned_with_backoff(echo_app, start_
     """1. Worker 0 is killed right after each respawn, four times. 2. The first respawns are immediate, then
     the supervisor backs off (and says so) instead of respawning in a tight loop. 3. It still serves."""
     port, apps = echo_app
-    skiff = start_skiff(apps)
+    [metrics] = free_ports(1)
+    skiff = start_skiff(apps, "--metrics", f"127.0.0.1:{metrics}")
     for n in range(1, 5):
+        # Kill it once it is ready: a worker killed while it still boots is a boot failure, not a crash.
+        wait_for(lambda: _healthy(metrics), 10, f"worker 0 to be ready before kill {n}")
         pid = skiff.worker_pid(0)
         os.kill(pid, signal.SIGKILL)
         skiff.wait_log(rf"worker 0 \(pid {pid}\) was killed by SIGKILL; respawning")
@@ -294,6 +298,14 @@ def test_worker_dying_again_and_again_is_respawned_with_backoff(echo_app, start_
     assert re.search(r"respawning in \d\.\d s \(\d quick exits in a row\)", skiff.log), skiff.log
     wait_for(lambda: _slot_pid(skiff, 0) is not None, 5, "the last respawn")
     assert echo_roundtrip(port, b"still") == b"still"
+
+
+def _healthy(metrics_port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/healthz", timeout=2) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
 
 
 def _slot_pid(skiff: Skiff, slot: int) -> int | None:

@@ -5,7 +5,16 @@ from __future__ import annotations
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.config import parse_document
-from proxy.counters import BUCKETS, HEALTH_DOWN, RECORD, CellMap, CounterTable, Reading, check_outcome
+from proxy.counters import (
+    BUCKETS,
+    HEALTH_DOWN,
+    RECORD,
+    TLS_BUCKETS,
+    CellMap,
+    CounterTable,
+    Reading,
+    check_outcome,
+)
 from proxy.exposition import AppCells, ProcessInfo, current_apps, listing, render, status_apps
 
 
@@ -148,7 +157,7 @@ def test_an_empty_reading_renders_the_process_metrics() -> None:
 def test_the_checks_row_keeps_the_last_check_apart_from_the_records_and_resets_with_the_cell() -> None:
     """The status page's "last check": time and outcome per target, in its own row past the records."""
     t = table(capacity=16)
-    t.app_stats(2, 15).buckets[BUCKETS - 1] += 9  # the retired row's last int64, just before the checks row
+    t.app_stats(2, 15).tls_buckets[TLS_BUCKETS - 1] += 9  # the retired row's last int64, just before the checks row
     assert t.checks(16) == [0] * 16
     assert check_outcome(0) is None
     t.set_checked(4, 1_800_000_000.25, None)
