@@ -159,7 +159,7 @@ class Connector:
 
     async def attempt_address(self, relay: ClientSide, side: UpstreamSide, host: str,
                               timeout: float) -> tuple[bool, BaseException | None]:
-        if failpoints.active("connect-raise"):
+        if failpoints.ANY and failpoints.active("connect-raise"):
             raise RuntimeError("failpoint connect-raise")
         try:
             connected = await self.within(relay, side, timeout,
