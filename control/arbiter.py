@@ -34,7 +34,7 @@ from control.http import HttpError, HttpServer
 from control.notify import Notifier
 from control.pool import WorkerPool, kill
 from control.reloads import Reloader, ReloadStatus
-from control.sockets import ListenError, enable_request_migration
+from control.sockets import ListenError, enable_request_migration, raise_fd_limit
 from control.sources import ConfigSource, FileSource
 from control.status import Observer
 from control.steering import BpfListeners, Listeners, ReuseportListeners
@@ -390,18 +390,6 @@ class Supervisor:
         setproctitle.setproctitle(
             f"skiff: supervisor (config v{self.snapshot.version}, {plural(self.options.workers, 'worker')}) "
             f"instance {self.options.instance}")
-
-
-def raise_fd_limit() -> None:
-    """Thousands of ports and connections need descriptors: take the soft limit up to the hard one."""
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        except (OSError, ValueError) as exc:
-            log_event(log, logging.WARNING, "rlimit", f"cannot raise the open-file limit to {hard}: {exc}")
 
 
 def _record_only(signum: int, frame: object) -> None:

@@ -7,11 +7,16 @@ worker that died is accepted by its replacement instead of being reset.
 from __future__ import annotations
 
 import ipaddress
+import logging
+import resource
 import socket
 from collections.abc import Iterable
 from pathlib import Path
 
+from proxy.logs import log_event
 from workers.listeners import BACKLOG
+
+log = logging.getLogger("supervisor")
 
 MIGRATE_SYSCTL = Path("/proc/sys/net/ipv4/tcp_migrate_req")
 
@@ -130,3 +135,13 @@ def open_group_listeners(host: str, slots: int,
             sock.close()
         raise
     return sockets
+
+
+def raise_fd_limit() -> None:
+    """Thousands of ports and connections need descriptors: take the soft limit up to the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (OSError, ValueError) as exc:
+            log_event(log, logging.WARNING, "rlimit", f"cannot raise the open-file limit to {hard}: {exc}")

@@ -4,7 +4,8 @@
 # etcd-server and etcd-client are the clustered config source (and its tests' 3-member cluster); pebble is the
 # ACME server of the TLS tests (pebble and pebble-challtestsrv); chromium and chromium-driver drive the status
 # page's browser test (selenium), prometheus (with promtool) scrapes skiff in a test and checks the shipped
-# alert rules.
+# alert rules. On a machine that has none of them this amounts to: apt-get install clang llvm libbpf-dev libbpf1
+# iptables iproute2 etcd-server etcd-client pebble chromium chromium-driver prometheus.
 set -euo pipefail
 
 missing=()
