@@ -11,13 +11,11 @@ of its life. A failed order is retried with exponential backoff.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
 import re
 import resource
-import selectors
 import signal
 import socket
 import time
@@ -29,10 +27,11 @@ import setproctitle
 from cryptography import x509
 
 from control.handle import WorkerHandle, WorkerState
+from control.helper import HelperProcess
 from proxy.certfiles import CertPair, check_pair
 from proxy.config import App
 from proxy.errors import ConfigError
-from proxy.framing import FrameDecoder, FramingError, encode
+from proxy.framing import encode
 from proxy.logs import log_event
 from proxy.tlsconfig import Acme
 
@@ -86,9 +85,7 @@ class AcmeManager:
         self.in_flight: str | None = None
         self.challenges: dict[str, dict[str, Any]] = {}  # hostname -> the challenge message for workers
         self.loaded: dict[str, set[int]] = {}  # hostname -> pids of workers that confirmed it
-        self.channel: socket.socket | None = None
-        self.pid: int | None = None
-        self.decoder = FrameDecoder()
+        self.helper = HelperProcess("ACME", self.sup.selector, self.on_message, self.helper_gone)
         self.respawn_at: float | None = None
 
     # --- the supervisor's hooks ----------------------------------------------------------------------
@@ -103,7 +100,7 @@ class AcmeManager:
         if self.respawn_at is not None and self.respawn_at <= now:
             self.respawn_at = None
             self.spawn_helper()
-        if self.in_flight is None and self.channel is not None:
+        if self.in_flight is None and self.helper.running:
             ready = [app for app, due in self.due.items() if due <= now]
             if ready:
                 app = min(ready, key=self.due.__getitem__)
@@ -121,15 +118,10 @@ class AcmeManager:
             self.send({"t": "loaded", "name": name})
 
     def close_in_child(self) -> None:
-        if self.channel is not None:
-            self.channel.close()
+        self.helper.close_in_child()
 
     def close(self) -> None:
-        if self.channel is not None:
-            with contextlib.suppress(KeyError, ValueError):
-                self.sup.selector.unregister(self.channel)
-            self.channel.close()  # the helper reads EOF and exits
-            self.channel = None
+        self.helper.close()  # the helper reads EOF and exits
 
     def watch_certificate_files(self) -> None:
         """A configured Certificate or Key replaced on disk reloads like a config change (its hash is part of
@@ -163,7 +155,7 @@ class AcmeManager:
                 self.due.setdefault(app, now + max(renew_time(issued[app]) - now_wall, 0.0))
             elif app != self.in_flight:
                 self.due.setdefault(app, now)
-        if self.wanted and self.channel is None and self.respawn_at is None:
+        if self.wanted and not self.helper.running and self.respawn_at is None:
             self.spawn_helper()
 
     def stored(self, app: str, names: tuple[str, ...]) -> CertPair | None:
@@ -195,40 +187,8 @@ class AcmeManager:
         if sup.stopping or self.settings is None or self.state_dir is None:
             return
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        ours, theirs = socket.socketpair()
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                ours.close()
-                code = _helper_main(theirs, self.settings, self.state_dir)
-            except BaseException:
-                log.exception("the ACME helper failed", extra={"event": "acme_helper_crashed"})
-            finally:
-                logging.shutdown()
-                os._exit(code)
-        theirs.close()
-        ours.setblocking(False)
-        self.channel, self.pid, self.decoder = ours, pid, FrameDecoder()
-        sup.selector.register(ours, selectors.EVENT_READ, self.on_channel)
-
-    def on_channel(self) -> None:
-        assert self.channel is not None
-        try:
-            data = self.channel.recv(1 << 20)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        try:
-            messages = self.decoder.feed(data) if data else None
-        except FramingError:
-            messages = None
-        if messages is None:
-            self.helper_gone()
-            return
-        for message in messages:
-            self.on_message(message)
+        settings, state_dir = self.settings, self.state_dir
+        self.helper.start(lambda sock: _helper_main(sock, settings, state_dir))
 
     def on_message(self, message: dict[str, Any]) -> None:
         sup, kind = self.sup, message.get("t")
@@ -272,29 +232,11 @@ class AcmeManager:
                   f"ACME: the order for {app} failed ({error}); retrying in {delay:g} s", app=app, error=error)
 
     def send(self, message: dict[str, Any]) -> None:
-        if self.channel is None:
-            return
-        frame = encode(message)
-        try:
-            sent = self.channel.send(frame)
-        except BlockingIOError:
-            sent = 0
-        except OSError:
-            sent = 0
-        if sent < len(frame):
-            self.helper_gone()
+        self.helper.send(message)
 
     def helper_gone(self) -> None:
+        """The helper's channel broke (HelperProcess killed it): its challenges and order end here."""
         sup = self.sup
-        if self.channel is not None:
-            with contextlib.suppress(KeyError, ValueError):
-                sup.selector.unregister(self.channel)
-            self.channel.close()
-            self.channel = None
-        if self.pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGKILL)  # reaped by the supervisor's SIGCHLD handling
-            self.pid = None
         for name in list(self.challenges):
             self.on_message({"t": "challenge_done", "name": name})
         if self.in_flight is not None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import selectors
 import signal
 import socket
 import time
@@ -26,11 +25,11 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from control.handle import WorkerState
+from control.helper import HelperProcess
 from control.sources.etcdapi import Cluster, EtcdError, unb64
 from proxy.cluster import Assembly, Document, EtcdUrl, assemble
 from proxy.config import App, Config, parse_document
 from proxy.errors import ConfigError
-from proxy.framing import FrameDecoder, FramingError, encode
 from proxy.logs import log_event
 from proxy.snapshot import digest_of
 
@@ -94,9 +93,7 @@ class EtcdSource:
         self.apply_seconds: list[int] = [0] * (len(APPLY_BUCKETS) + 1)
         self.apply_sum = 0.0
         self.supervisor: Supervisor | None = None
-        self.channel: socket.socket | None = None
-        self.pid: int | None = None
-        self.decoder = FrameDecoder()
+        self.helper: HelperProcess | None = None
         self.respawn_at: float | None = None
         self.report_at: float | None = None
         self.note_skipped(first.skipped)
@@ -146,13 +143,12 @@ class EtcdSource:
                 "pending_revision": self.pending_revision, "skipped": dict(self.skipped)}
 
     def close_in_child(self) -> None:
-        if self.channel is not None:
-            self.channel.close()
+        if self.helper is not None:
+            self.helper.close_in_child()
 
     def close(self) -> None:
-        if self.channel is not None:
-            self.channel.close()  # the helper revokes the node's lease and exits
-            self.channel = None
+        if self.helper is not None:
+            self.helper.close()  # the helper revokes the node's lease and exits
 
     # --- the helper ----------------------------------------------------------------------------------
     def spawn_helper(self) -> None:
@@ -160,56 +156,22 @@ class EtcdSource:
         assert sup is not None
         if sup.stopping:
             return
-        ours, theirs = socket.socketpair()
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                ours.close()
-                code = run_helper(self.url, theirs, self.node_id)
-            except BaseException:
-                log.exception("the etcd helper failed", extra={"event": "etcd_helper_crashed"})
-            finally:
-                logging.shutdown()
-                os._exit(code)
-        theirs.close()
-        ours.setblocking(False)
-        self.channel, self.pid, self.decoder = ours, pid, FrameDecoder()
-        sup.selector.register(ours, selectors.EVENT_READ, self.on_channel)
+        if self.helper is None:
+            self.helper = HelperProcess("etcd", sup.selector, self.on_message, self.helper_gone)
+        url, node_id = self.url, self.node_id
+        self.helper.start(lambda sock: run_helper(url, sock, node_id))
         self.report()
 
-    def on_channel(self) -> None:
-        assert self.channel is not None and self.supervisor is not None
-        try:
-            data = self.channel.recv(1 << 20)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        try:
-            messages = self.decoder.feed(data) if data else None
-        except FramingError:
-            messages = None
-        if messages is None:
-            self.helper_gone()
-            return
-        for message in messages:
-            if message.get("t") == "state":
-                self.on_state(message)
-            elif message.get("t") == "source":
-                self.up, self.detail = bool(message["up"]), str(message["detail"])
-                self.report()
+    def on_message(self, message: dict[str, Any]) -> None:
+        if message.get("t") == "state":
+            self.on_state(message)
+        elif message.get("t") == "source":
+            self.up, self.detail = bool(message["up"]), str(message["detail"])
+            self.report()
 
     def helper_gone(self) -> None:
         sup = self.supervisor
-        assert sup is not None and self.channel is not None
-        with contextlib.suppress(KeyError, ValueError):
-            sup.selector.unregister(self.channel)
-        self.channel.close()
-        self.channel = None
-        if self.pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGKILL)  # reaped by the supervisor's SIGCHLD handling
+        assert sup is not None
         if sup.stopping:
             return
         self.up, self.detail = False, "the etcd helper exited"
@@ -218,17 +180,9 @@ class EtcdSource:
         self.respawn_at = time.monotonic() + HELPER_RESPAWN
 
     def send(self, message: dict[str, Any]) -> None:
-        if self.channel is None:
-            return
-        frame = encode(message)
-        try:
-            sent = self.channel.send(frame)
-        except BlockingIOError:
-            return  # a helper that does not read (stopped?): this report waits for the next change
-        except OSError:
-            sent = 0
-        if sent < len(frame):  # half a frame would desynchronise the channel: start a new helper instead
-            self.helper_gone()
+        # A helper that does not read (stopped?) drops a report: the next change sends another.
+        if self.helper is not None:
+            self.helper.send(message, droppable=True)
 
     def report(self) -> None:
         sup = self.supervisor
