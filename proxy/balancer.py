@@ -119,6 +119,9 @@ def choose(
     connections wins. When none is up, the target due soonest is tried anyway: a stale mark must not refuse a
     client.
     """
+    if len(states) == 1 and max_conns is None:
+        # One target: it is tried even when marked down (a stale mark must not refuse a client), once.
+        return None if states[0] in tried else states[0]
     if not tried and soft_limit is None and max_conns is None and len(states) >= 2:
         # Fast path for the common case: two distinct random picks, both up.
         i = rng.randrange(len(states))

@@ -17,14 +17,17 @@ import logging
 import random
 import time
 from collections.abc import Coroutine
+from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from proxy import failpoints
 from proxy.balancer import TargetState, choose, mark_failed, mark_ok
 from proxy.logs import log_event
+from workers.deadlines import Deadlines
 from workers.relay import ClientSide, UpstreamSide, expire_connect
 from workers.resolver import ResolveError, Resolver
 from workers.routes import literal_address
+from workers.stepper import Stepper
 
 if TYPE_CHECKING:
     from workers.policy import Policy
@@ -54,23 +57,90 @@ class Connector:
         self.rng = rng
         self.policy = policy
         self.loop = asyncio.get_running_loop()
+        self.deadlines: Deadlines[UpstreamSide] = Deadlines(self.loop, expire_side)
 
-    async def connect(self, relay: ClientSide) -> None:
+    def start(self, relay: ClientSide) -> None:
+        """Connect a new client. Its first attempt runs on callbacks when it can (the target is an IP address and
+        the app has no MaxConns): uvloop's create_connection stepped by hand (workers/stepper.py) under a shared
+        deadline (workers/deadlines.py), where the failover coroutines cost a Task, five coroutines and a timer
+        of their own. A failure, a name to look up or MaxConns takes the coroutines."""
+        route = relay.route
+        assert route is not None
+        app = route.app
+        if app.max_conns is None and not (failpoints.ANY and failpoints.active("connect-raise")):
+            state = choose(route.targets, time.monotonic(), self.rng, relay.tried, app.soft_limit)
+            if state is not None:
+                host = literal_address(state.target.host)
+                if host is not None:
+                    self.first_attempt(relay, state, host, app.connect_timeout)
+                    return
+        relay.connect_task = self.loop.create_task(self.connect(relay))
+
+    def first_attempt(self, relay: ClientSide, state: TargetState, host: str, timeout: float) -> None:
+        relay.tried.append(state)
+        state.hold()
+        side = UpstreamSide(relay, state)
+        side.started = time.monotonic()
+        attempt = Stepper(self.loop, self.loop.create_connection(lambda: side, host, state.target.port),
+                          partial(self.first_done, side))
+        relay.connect_task = attempt
+        side.deadline = self.deadlines.watch(side, timeout)
+        attempt.step()
+
+    def first_done(self, side: UpstreamSide, failure: BaseException | None, _: object) -> None:
+        """The first attempt's outcome: adopted, the client gone, or a failure to fail over from."""
+        if side.deadline is not None:
+            side.deadline.discard(side)
+        relay, state = side.relay, side.target
+        if isinstance(failure, asyncio.CancelledError):
+            if not relay.connect_expired:  # the client left while we were connecting
+                if not side.adopted:
+                    state.release()
+                return
+            relay.connect_expired = False
+            failure = TimeoutError(f"no connection to {state.target} within {timeout_of(relay):g} s")
+        if side.adopted:
+            if relay.target is state:  # else a reset raced the result and the relay has moved on by itself
+                self.connected(relay, state, time.monotonic() - side.started)
+            return
+        state.release()
+        if failure is None:
+            return  # Connected, but the client had already left.
+        if not isinstance(failure, OSError):  # A bug: this client only, and at once.
+            log.error("worker %d: connect failed unexpectedly: %s", self.slot, failure, exc_info=failure,
+                      extra={"event": "connect_error", "worker": self.slot})
+            relay.connect_failed()
+            return
+        if failure.errno in FD_EXHAUSTED:
+            if self.policy is not None:
+                self.policy.fds_exhausted(failure)
+            relay.connect_failed()
+            return
+        route = relay.route
+        assert route is not None
+        self.failed(route.app.name, state, failure)
+        if relay.done:
+            return
+        route.stats.failovers += 1
+        relay.connect_task = self.loop.create_task(self.connect(relay, side.started))
+
+    async def connect(self, relay: ClientSide, started: float | None = None) -> None:
         try:
-            await self.failover(relay)
+            await self.failover(relay, time.monotonic() if started is None else started)
         except Exception as exc:  # A bug: this client only, and at once, not after its IdleTimeout.
             log.exception("worker %d: connect failed unexpectedly: %s", self.slot, exc,
                           extra={"event": "connect_error", "worker": self.slot})
             relay.connect_failed()
 
-    async def failover(self, relay: ClientSide) -> None:
+    async def failover(self, relay: ClientSide, started: float) -> None:
+        """Each target in turn, until one takes the connection (`started`: when the client's first attempt
+        began, for the connect latency)."""
         route = relay.route
         assert route is not None
         stats = route.stats
         app = route.app
         timeout = app.connect_timeout
         tried = relay.tried  # across replays too: each target at most once per client connection
-        started = time.monotonic()
         full = False
         while True:
             state = choose(route.targets, time.monotonic(), self.rng, tried, app.soft_limit, app.max_conns)
@@ -180,13 +250,14 @@ class Connector:
             if not relay.connect_expired:
                 raise
             relay.connect_expired = False
-            if relay.connect_task is not None:
+            if isinstance(relay.connect_task, asyncio.Task):
                 relay.connect_task.uncancel()
             return None
         finally:
             timer.cancel()
 
     def failed(self, app: str, state: TargetState, exc: BaseException) -> None:
+        """Count a failed connect by reason; log when it turns the target down."""
         reason = failure_reason(exc)
         state.errors[reason] = state.errors.get(reason, 0) + 1
         if mark_failed(state, time.monotonic()):
@@ -194,3 +265,11 @@ class Connector:
             log_event(log, logging.WARNING, "target_down",
                       f"target {state.target} of app {app} is down ({reason}: {detail})",
                       app=app, target=str(state.target), worker=self.slot, error=reason)
+
+
+def expire_side(side: UpstreamSide) -> None:
+    expire_connect(side.relay, side)
+
+
+def timeout_of(relay: ClientSide) -> float:
+    return relay.route.app.connect_timeout if relay.route is not None else 0.0

@@ -26,6 +26,14 @@ if TYPE_CHECKING:
 _LINGER_RESET = struct.pack("ii", 1, 0)
 
 
+class Connecting(Protocol):
+    """A connect in progress, as the relay cancels it: an asyncio Task or a workers.stepper.Stepper."""
+
+    def done(self) -> bool: ...
+
+    def cancel(self, msg: Any = None) -> bool: ...
+
+
 class RelayOwner(Protocol):
     """What a relay needs from the process that accepted it."""
 
@@ -62,7 +70,7 @@ class ClientSide(Session, asyncio.Protocol):
         self.tried: list[TargetState] = []
         self.seen = 0  # bytes_in + bytes_out at the last idle sweep: activity is derived, not flagged per read
         self.idle_since = 0.0
-        self.connect_task: asyncio.Task[None] | None = None
+        self.connect_task: Connecting | None = None  # the connect in progress: a Task, or a Stepper
         self.connect_expired = False  # the connect timer, not the client, cancelled connect_task
         self.linger: asyncio.TimerHandle | None = None  # HalfCloseTimeout, from the first EOF
 
@@ -134,12 +142,14 @@ def expire_connect(relay: ClientSide, side: UpstreamSide) -> None:
 
 
 class UpstreamSide(asyncio.Protocol):
-    __slots__ = ("adopted", "relay", "target")
+    __slots__ = ("adopted", "deadline", "relay", "started", "target")
 
     def __init__(self, relay: ClientSide, target: TargetState) -> None:
         self.relay = relay
         self.target = target
         self.adopted = False  # the relay took this connection (the connector reads it)
+        self.started = 0.0  # when the client's first connect attempt began (monotonic)
+        self.deadline: set[UpstreamSide] | None = None  # the connector's deadline set holding this attempt
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self.relay.done:

@@ -154,7 +154,7 @@ class Worker:
         if route.app.proxy_protocol is not None:
             relay.header = proxyproto.encode(route.app.proxy_protocol, client.get_extra_info("peername"),
                                              client.get_extra_info("sockname"))
-        relay.connect_task = self.loop.create_task(self.connector.connect(relay))
+        self.connector.start(relay)
 
     def retry(self, relay: ClientSide, target: TargetState | None, exc: BaseException) -> None:
         """The target reset the connection before answering and the app allows a replay (RetryOnReset):
