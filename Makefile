@@ -7,7 +7,7 @@ SYSTEM_STAMP := .stamp-system-deps
 WORKERS ?= 2
 PYTEST_ARGS ?=
 
-.PHONY: all setup system-deps venv bpf run test lint clean bench bench-conn
+.PHONY: all setup system-deps venv bpf run test lint clean bench bench-conn bench-pair
 .DELETE_ON_ERROR:
 
 all: setup
@@ -53,6 +53,16 @@ BENCH_CONN_ARGS ?=
 bench-conn: venv
 	bash bench/setup.sh
 	$(PY) bench/bench_conn.py $(if $(AB),--ab $(AB)) $(BENCH_CONN_ARGS)
+
+# Two proxies loaded at once on one pinned core (about 30 s): their rate ratio resolves 1-2 %, where sequential
+# rounds on this shared machine move 15 %. `make bench-pair A=skiff B=ref:main` (targets: floor, skiff,
+# ref:GIT-REF, dir:PATH; BENCH_PAIR_ARGS="--rounds 7 --workers 2").
+A ?= skiff
+B ?= floor
+BENCH_PAIR_ARGS ?=
+bench-pair: venv
+	bash bench/setup.sh
+	$(PY) bench/bench_pair.py $(A) $(B) $(BENCH_PAIR_ARGS)
 
 lint: venv
 	$(PY) -m ruff check .
