@@ -89,9 +89,11 @@ class Connector:
 
     def first_done(self, side: UpstreamSide, failure: BaseException | None, _: object) -> None:
         """The first attempt's outcome: adopted, the client gone, or a failure to fail over from."""
+        relay = side.relay
+        relay.connect_task = None  # the attempt is over; kept, it would hold a cycle (relay, attempt, side, relay)
         if side.deadline is not None:
             side.deadline.discard(side)
-        relay, state = side.relay, side.target
+        state = side.target
         if isinstance(failure, asyncio.CancelledError):
             if not relay.connect_expired:  # the client left while we were connecting
                 if not side.adopted:

@@ -4,7 +4,10 @@ deadlines on shared timers (workers/deadlines.py)."""
 from __future__ import annotations
 
 import asyncio
+import gc
+import random
 import socket
+import struct
 import time
 from typing import Any
 
@@ -162,3 +165,85 @@ def test_deadlines_started_within_one_tick_share_one_timer() -> None:
     started = time.monotonic()
     buckets = uvloop.run(main())
     assert buckets <= 1 + int((time.monotonic() - started) / TICK) + 1
+
+
+class _Owner:
+    """The worker's side of a relay, as RelayOwner names it: admits every client and starts its connect."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, connector: Any) -> None:
+        self.loop = loop
+        self.connector = connector
+        self.finished_relays: list[int] = []
+
+    def accepted(self, relay: Any) -> None:
+        self.connector.start(relay)
+
+    def retry(self, relay: Any, target: Any, exc: BaseException) -> None:
+        raise AssertionError("no retry expected")
+
+    def finished(self, relay: Any) -> None:
+        self.finished_relays.append(id(relay))
+
+
+def test_a_client_that_leaves_while_its_first_connect_pends_is_freed_without_the_cycle_collector() -> None:
+    """1. A target whose accept queue is full, so a connect to it pends (the kernel drops the SYN). 2. A real
+    client connects through a real relay and connector, then resets its connection while that connect pends. 3. With the
+    cycle collector off, the relay is freed by reference counting alone: nothing the first attempt left
+    behind (the stepped connect, its outcome callback, the upstream side) points back at it."""
+    from proxy.config import parse_document
+    from workers.connector import Connector
+    from workers.relay import ClientSide
+    from workers.resolver import Resolver
+    from workers.routes import build_table
+
+    target = socket.socket()
+    target.bind(("127.0.0.1", 0))
+    target.listen(0)
+    fillers = []
+    try:
+        port = target.getsockname()[1]
+        for _ in range(2):  # backlog 0 holds one; more only to be sure the queue is full
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", port))
+            fillers.append(filler)
+        time.sleep(0.05)
+        config = parse_document({"Apps": [{"Name": "a", "Ports": [1], "Targets": [f"127.0.0.1:{port}"],
+                                           "ConnectTimeout": 5}]})
+        route = build_table(1, config, None).apps["a"]
+
+        async def main() -> tuple[list[int], int]:
+            loop = asyncio.get_running_loop()
+            owner = _Owner(loop, Connector(0, Resolver(), random.Random(1)))
+            server = await loop.create_server(lambda: ClientSide(owner, route), "127.0.0.1", 0)
+            client = socket.create_connection(server.sockets[0].getsockname())
+            for _ in range(50):  # accepted, its connect started (and pending)
+                await asyncio.sleep(0.01)
+                if route.targets[0].outstanding:
+                    break
+            assert route.targets[0].outstanding == 1
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            client.close()  # a reset: the relay ends at once (an orderly EOF would wait for the upstream)
+            for _ in range(100):
+                await asyncio.sleep(0.01)
+                if owner.finished_relays and not route.targets[0].outstanding:
+                    break
+            for _ in range(5):
+                await asyncio.sleep(0)
+            server.close()
+            return owner.finished_relays, route.targets[0].outstanding
+
+        gc.collect()
+        gc.disable()
+        try:
+            finished, outstanding = uvloop.run(main())
+            alive = [o for o in gc.get_objects() if isinstance(o, ClientSide)]  # relays not yet freed
+        finally:
+            gc.enable()
+    finally:
+        for filler in fillers:
+            filler.close()
+        target.close()
+    assert len(finished) == 1
+    assert outstanding == 0
+    assert alive == []
