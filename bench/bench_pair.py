@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import fixtures
@@ -76,6 +77,58 @@ def one_round(pair: list[Target], duration: int) -> list[tuple[float, float]]:
     return result
 
 
+@dataclass(frozen=True)
+class Pair:
+    """Two targets' paired rounds: per round (rate a, CPU µs/conn a, rate b, CPU µs/conn b)."""
+
+    names: tuple[str, str]
+    rows: list[tuple[float, float, float, float]]
+
+    @property
+    def ratios(self) -> list[float]:
+        return [a / b for a, _, b, _ in self.rows]
+
+    def summary(self) -> str:
+        med = [statistics.median(r[i] for r in self.rows) for i in range(4)]
+        a, b = self.names
+        ratios = self.ratios
+        return (f"median of {len(self.rows)}: {a} {med[0]:,.0f}/s {med[1]:.1f} µs/conn; {b} {med[2]:,.0f}/s "
+                f"{med[3]:.1f} µs/conn; rate ratio {a}/{b} {statistics.median(ratios):.3f} "
+                f"(range {min(ratios):.3f}-{max(ratios):.3f})")
+
+
+def measure(specs: tuple[str, str], workers: int, rounds: int, duration: int, base_port: int,
+            out_dir: Path) -> Pair:
+    """Start nginx and both targets, run the paired rounds, stop everything it started (on failure too)."""
+    procs = Processes(out_dir)
+    try:
+        with tempfile.TemporaryDirectory(prefix="skiff-pair-") as tmp_name:
+            tmp = Path(tmp_name)
+            backends = Ports(base_port, base_port + 1, base_port + 2)
+            fixtures.start_nginx(procs, tmp, backends.http, {})
+            pin_tree(procs.started[-1][1].pid, LOAD_CPUS)
+            pair: list[Target] = []
+            for i, spec in enumerate(specs, start=1):
+                name, cmd = command(spec, tmp, workers)
+                if any(t.name == name for t in pair):
+                    name += "'"
+                ports = Ports(base_port + 100 * i, base_port + 100 * i + 1, base_port + 100 * i + 2)
+                fixtures.require_free(list(ports.all()))
+                pair.append(start_relay(procs, tmp, name, ["taskset", "-c", PROXY_CPUS, *cmd],
+                                        1 if spec == "floor" else workers, ports, backends, {}))
+            time.sleep(1.0)
+            rows: list[tuple[float, float, float, float]] = []
+            for rnd in range(rounds):
+                (rate_a, cpu_a), (rate_b, cpu_b) = one_round(pair, duration)
+                rows.append((rate_a, cpu_a, rate_b, cpu_b))
+                print(f"round {rnd + 1}: {pair[0].name} {rate_a:,.0f}/s {cpu_a:.1f} µs/conn   "
+                      f"{pair[1].name} {rate_b:,.0f}/s {cpu_b:.1f} µs/conn   ratio {rate_a / rate_b:.3f}", flush=True)
+                time.sleep(0.5)
+            return Pair((pair[0].name, pair[1].name), rows)
+    finally:
+        procs.stop_all()
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("a")
@@ -85,44 +138,14 @@ def main(argv: list[str]) -> int:
     p.add_argument("--duration", type=int, default=3)
     p.add_argument("--base-port", type=int, default=27000)
     args = p.parse_args(argv)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    out_dir = BENCH_DIR / "out" / f"pair-{stamp}"
+    out_dir = BENCH_DIR / "out" / f"pair-{time.strftime('%Y%m%d-%H%M%S')}"
     out_dir.mkdir(parents=True)
-    procs = Processes(out_dir)
     try:
-        with tempfile.TemporaryDirectory(prefix="skiff-pair-") as tmp_name:
-            tmp = Path(tmp_name)
-            backends = Ports(args.base_port, args.base_port + 1, args.base_port + 2)
-            fixtures.start_nginx(procs, tmp, backends.http, {})
-            pin_tree(procs.started[-1][1].pid, LOAD_CPUS)
-            pair: list[Target] = []
-            for i, spec in enumerate((args.a, args.b), start=1):
-                name, cmd = command(spec, tmp, args.workers)
-                workers = 1 if spec == "floor" else args.workers
-                if any(t.name == name for t in pair):
-                    name += "'"
-                ports = Ports(args.base_port + 100 * i, args.base_port + 100 * i + 1, args.base_port + 100 * i + 2)
-                fixtures.require_free(list(ports.all()))
-                pair.append(start_relay(procs, tmp, name, ["taskset", "-c", PROXY_CPUS, *cmd], workers, ports,
-                                        backends, {}))
-            time.sleep(1.0)
-            ratios, rows = [], []
-            for rnd in range(args.rounds):
-                (rate_a, cpu_a), (rate_b, cpu_b) = one_round(pair, args.duration)
-                ratios.append(rate_a / rate_b)
-                rows.append((rate_a, cpu_a, rate_b, cpu_b))
-                print(f"round {rnd + 1}: {pair[0].name} {rate_a:,.0f}/s {cpu_a:.1f} µs/conn   "
-                      f"{pair[1].name} {rate_b:,.0f}/s {cpu_b:.1f} µs/conn   ratio {ratios[-1]:.3f}", flush=True)
-                time.sleep(0.5)
+        pair = measure((args.a, args.b), args.workers, args.rounds, args.duration, args.base_port, out_dir)
     except KeyboardInterrupt:
         print("bench_pair: interrupted; stopping everything it started", file=sys.stderr)
         return 130
-    finally:
-        procs.stop_all()
-    med = [statistics.median(r[i] for r in rows) for i in range(4)]
-    print(f"median of {args.rounds}: {pair[0].name} {med[0]:,.0f}/s {med[1]:.1f} µs/conn; {pair[1].name} "
-          f"{med[2]:,.0f}/s {med[3]:.1f} µs/conn; rate ratio {pair[0].name}/{pair[1].name} "
-          f"{statistics.median(ratios):.3f} (range {min(ratios):.3f}-{max(ratios):.3f})")
+    print(pair.summary())
     return 0
 
 

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import bench_pair
 import fixtures
 import loads
 import psutil
@@ -38,6 +39,7 @@ REPO_DIR = BENCH_DIR.parent
 DEFAULT_SKIFF_CMD = f"{REPO_DIR / '.venv/bin/python'} {REPO_DIR / 'supervisor.py'}"
 ALL_TARGETS = ("direct", "haproxy", "skiff-w1", "skiff-w2", "floor")
 FLOOR_CMD = (str(REPO_DIR / ".venv/bin/python"), str(BENCH_DIR / "floor_relay.py"))
+PAIR_DURATION_S = 3  # seconds per paired round (bench_pair.py's default)
 PAUSE_S = 1.0  # between loads, so one load's closing sockets do not overlap the next load
 
 
@@ -52,6 +54,7 @@ class Settings:
     base_port: int
     out_dir: Path
     out: Path
+    pair_rounds: int
 
 
 def parse_args(argv: list[str]) -> Settings:
@@ -64,10 +67,12 @@ def parse_args(argv: list[str]) -> Settings:
     p.add_argument("--skiff-cmd", default=DEFAULT_SKIFF_CMD, help="command to which `-c CONFIG -w N` is appended")
     p.add_argument("--skiff-name", default="skiff", help="name for skiff in the report, e.g. `standin`")
     p.add_argument("--base-port", type=int, default=27000, help="ports used: base+0..2, +100.., +200.., +300..")
+    p.add_argument("--pair-rounds", type=int, default=5,
+                   help="paired rounds of skiff -w 1 against the floor for the must (bench_pair.py; 0: none)")
     p.add_argument("--out", type=Path, help="report path (default bench/BENCHMARKS.md; with --quick, in the run dir)")
     a = p.parse_args(argv)
     if a.quick:
-        a.rounds, a.duration, a.idle_conns = 1, 3, 1000
+        a.rounds, a.duration, a.idle_conns, a.pair_rounds = 1, 3, 1000, min(a.pair_rounds, 1)
     targets = tuple(t.strip() for t in a.targets.split(",") if t.strip())
     unknown = set(targets) - set(ALL_TARGETS)
     if unknown or not targets:
@@ -79,7 +84,7 @@ def parse_args(argv: list[str]) -> Settings:
     out = a.out if a.out is not None else (out_dir / "BENCHMARKS.md" if a.quick else BENCH_DIR / "BENCHMARKS.md")
     return Settings(
         a.rounds, a.duration, a.idle_conns, targets, tuple(shlex.split(a.skiff_cmd)), a.skiff_name,
-        a.base_port, out_dir, out,
+        a.base_port, out_dir, out, a.pair_rounds,
     )
 
 
@@ -272,6 +277,21 @@ def run_rounds(
     return samples
 
 
+def paired_must(settings: Settings, errors: list[str]) -> bench_pair.Pair | None:
+    """The must (skiff -w 1 against the floor) measured paired: both loaded at once on one pinned core, so the
+    machine's drift, which moves sequential rounds by 15 %, moves both alike (bench_pair.py)."""
+    wanted = {"skiff-w1", "floor"} <= set(settings.targets)
+    if not wanted or settings.pair_rounds < 1 or settings.skiff_cmd != tuple(shlex.split(DEFAULT_SKIFF_CMD)):
+        return None
+    print(f"bench: the must, paired: skiff -w 1 and the floor at once, {settings.pair_rounds} rounds", flush=True)
+    try:
+        return bench_pair.measure(("skiff", "floor"), 1, settings.pair_rounds, PAIR_DURATION_S, settings.base_port,
+                                  settings.out_dir)
+    except (fixtures.FixtureError, loads.LoadError, SystemExit, subprocess.SubprocessError) as e:
+        errors.append(f"paired must: {e}")
+        return None
+
+
 def save_raw(out_dir: Path, rnd: int, test: str, target: str, result: loads.Result) -> None:
     doc = {"round": rnd, "test": test, "target": target, "command": result.command, "values": result.values,
            "raw": result.raw}
@@ -296,6 +316,7 @@ def main(argv: list[str]) -> int:
             targets, starters, idle_pid = start_all(settings, procs, Path(tmp), configs)
             samples = run_rounds(settings, procs, targets, starters, idle_pid, load_commands, errors)
             procs.stop_all()
+        pair = paired_must(settings, errors)
     except fixtures.FixtureError as e:
         print(f"bench: {e}", file=sys.stderr)
         return 1
@@ -318,6 +339,8 @@ def main(argv: list[str]) -> int:
         "versions": versions(settings),
         "commands": list(dict.fromkeys([shlex.join([sys.executable, *sys.argv]), *procs.commands, *load_commands])),
         "configs": configs,
+        "pair": None if pair is None else {"names": list(pair.names), "rows": pair.rows,
+                                           "duration_s": PAIR_DURATION_S},
     }
     (settings.out_dir / "results.json").write_text(json.dumps(run, indent=1))
     analysis = BENCH_DIR / "ANALYSIS.md"  # hand-written: where the time goes for goals not met

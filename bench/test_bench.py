@@ -79,3 +79,17 @@ def test_the_must_is_against_the_floor_row_and_w2_has_its_own_bounds() -> None:
     conn = next(ln for ln in lines if ln.startswith("| new conn/s"))
     assert conn.count("FAIL") == 2  # 0.77 < 0.8; 0.95 < 1.0 for -w 2
     assert "floor" not in lines[2]  # the floor row is a reference, not a column of goals
+
+
+def test_the_paired_must_is_the_median_of_the_rounds_rate_ratios() -> None:
+    med = report.medians(samples("newconn_rps", {"haproxy": [10.0], "floor": [8.0], "skiff-w1": [7.7]}))
+    # (rate skiff, µs/conn skiff, rate floor, µs/conn floor) per round: ratios 0.90, 0.97, 0.96
+    pair = {"names": ["skiff-w1", "floor"], "duration_s": 3,
+            "rows": [[900.0, 1.0, 1000.0, 1.0], [970.0, 1.0, 1000.0, 1.0], [960.0, 1.0, 1000.0, 1.0]]}
+    lines = report.goals_section(med, ["haproxy", "skiff-w1", "floor"], pair)
+    paired = next(ln for ln in lines if "paired" in ln and ln.startswith("|"))
+    assert f"PASS (0.96{report.TIMES}, rounds 0.90-0.97)" in paired
+    pair["rows"] = [[900.0, 1.0, 1000.0, 1.0]]
+    lines = report.goals_section(med, ["haproxy", "skiff-w1", "floor"], pair)
+    assert f"FAIL (0.90{report.TIMES}" in next(ln for ln in lines if "paired" in ln and ln.startswith("|"))
+    assert not any("paired" in ln for ln in report.goals_section(med, ["haproxy", "skiff-w1", "floor"]))
