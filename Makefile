@@ -39,8 +39,8 @@ test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The benchmark against HAProxy (not part of `make test`): installs haproxy, nginx, wrk and iperf3 when
-# missing, runs 3 interleaved rounds (about 10 minutes) and writes bench/BENCHMARKS.md; then TLS termination
-# against HAProxy (about 2 minutes) into bench/TLS.md.
+# missing, runs 3 interleaved rounds and the paired must (about 12 minutes) into bench/BENCHMARKS.md; then
+# TLS termination against HAProxy (about 2 minutes) into bench/TLS.md.
 bench: setup
 	bash bench/setup.sh
 	$(PY) bench/run.py --rounds 3 --out bench/BENCHMARKS.md
