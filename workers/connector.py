@@ -90,7 +90,10 @@ class Connector:
     def first_done(self, side: UpstreamSide, failure: BaseException | None, _: object) -> None:
         """The first attempt's outcome: adopted, the client gone, or a failure to fail over from."""
         relay = side.relay
-        relay.connect_task = None  # the attempt is over; kept, it would hold a cycle (relay, attempt, side, relay)
+        if not side.adopted:
+            # This attempt is over; kept, it would hold a cycle (relay, attempt, side, relay). An adopted upstream
+            # is released by connected(), and a reset after adoption may already have given the relay a retry task.
+            relay.connect_task = None
         if side.deadline is not None:
             side.deadline.discard(side)
         state = side.target
